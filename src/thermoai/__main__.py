@@ -1,0 +1,3 @@
+from thermoai.cli import main
+
+raise SystemExit(main())
