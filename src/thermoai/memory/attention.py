@@ -1,0 +1,391 @@
+"""Extended Mind attention: top-k retrieval of memory keys/values inside every attention layer.
+
+For a layer with local (cached) keys ``K_L``, values ``V_L`` and a memory bank ``K_M``, ``V_M`` (one
+per key/value head), each query head ``h`` and query token ``i`` with rotated query ``q``:
+
+    sim_j   = cos(q~, k~_j) = q~ . k~_j / (|q~| |k~_j|)            for every memory j of h's kv head
+    R       = top-k indices of sim (optionally only those with sim_j > threshold)
+    a       = softmax([ q~ . k~_R / sqrt(d)  ||  q . K_L / sqrt(d) + causal mask ])   (one softmax)
+    out     = a[:k] V_M[R] + a[k:] V_L
+
+where ``q~`` and ``k~`` are the query and memory keys placed by the position mode:
+
+* ``"first"`` (reference, FoT's "rotate as if first"): ``k~ = s k`` unrotated, i.e. every memory
+  sits at absolute position 0, at distance ``m`` from a query at position ``m``; ``q~ = q``.
+* ``"original"``: ``k~ = RoPE(k, p - P)`` with ``p`` the memory's document position and ``P`` the
+  document length, so a query at local position ``m`` sees it at distance ``P + m - p``: exactly as
+  if the prompt continued the document. With the whole prefix as memory and ``k`` = all memories,
+  this reproduces the full-context logits.
+* ``"constant"`` (InfLLM): ``q~ = RoPE(q, D - m)``, ``k~ = s k``: every memory at distance ``D``.
+* ``"none"``: ``q~ = RoPE(q, -m)``, ``k~ = s k``: no position information in memory logits.
+
+(``s`` is the RoPE attention scaling, 1 for default RoPE.) Grouped-query attention is done through
+a ``[b, n_kv, G, q, d]`` view of the queries, never by repeating the bank. Exact top-k costs one
+``[q, M]`` similarity matrix per head (computed in query chunks to bound memory); an optional
+approximate index (faiss HNSW) serves large banks. ALiBi models (MPT, Bloom) are not supported: the
+reference gives memories a constant bias one step beyond the oldest local token; here only RoPE
+models are accepted.
+
+The function is registered with transformers' ``AttentionInterface`` under the name ``"emt"``, and
+the eager mask builder is registered under the same name in ``AttentionMaskInterface`` (without it
+transformers passes ``attention_mask=None`` and causal masking would be silently lost). Layers
+without retrieval, ``topk == 0`` and a suspended mind fall through to transformers' SDPA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import operator
+from dataclasses import dataclass
+
+import torch
+
+from thermoai.memory.bank import MemoryBank, attention_shape, _layers
+
+__all__ = ["ExtendedMind", "attach", "suspended", "POSITION_MODES", "ATTENTION_NAME", "emt_attention"]
+
+ATTENTION_NAME = "emt"
+POSITION_MODES = ("first", "original", "constant", "none")
+_ALIASES = {"as_if_first": "first", "as-if-first": "first", "zero": "first", "constant_distance": "constant",
+            "constant-distance": "constant", "infllm": "constant"}
+_STATE = "_thermoai_mind"
+# elements of one [b, H, q_chunk, M] similarity block: bounds prefill memory, and on a GPU is large
+# enough that kernel launches do not dominate
+_SIM_BUDGET = {"cpu": 1 << 24, "cuda": 1 << 27}
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def rotate(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Llama RoPE of ``x[..., t, d]`` at ``positions[..., t]`` (any real numbers), times ``scale``."""
+    angles = positions.to(torch.float32)[..., None] * inv_freq.to(x.device, torch.float32)
+    emb = torch.cat((angles, angles), dim=-1)
+    x32 = x.to(torch.float32)
+    return ((x32 * emb.cos() + _rotate_half(x32) * emb.sin()) * scale).to(x.dtype)
+
+
+@dataclass
+class _Layer:
+    unit_keys: torch.Tensor  # [n_kv, M, d] keys placed by the position mode, divided by their norm
+    values: torch.Tensor  # [n_kv, M, d]
+    key_norms: torch.Tensor  # [n_kv, M] float32 norms of the placed keys
+    index: object = None  # optional approximate-search index per kv head
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    if ATTENTION_NAME not in AttentionMaskInterface._global_mapping:
+        AttentionMaskInterface.register(ATTENTION_NAME, eager_mask)
+    if ATTENTION_NAME not in AttentionInterface._global_mapping:
+        AttentionInterface.register(ATTENTION_NAME, emt_attention)
+
+
+class ExtendedMind:
+    """A memory bank attached to a Llama-family model; use as a context manager or call ``detach``.
+
+    Args:
+        model: the causal LM the bank was built for (checked).
+        bank: a ``MemoryBank``; its tensors are placed once on the model's device and dtype.
+        topk: memories per query head and token (reference default 10); 0 disables retrieval.
+            Mutable: ``mind.topk = 4``.
+        layers: indices of the layers that retrieve (default: all, as the reference).
+        position_mode: ``"first"`` (default, reference), ``"original"``, ``"constant"``, ``"none"``.
+        distance: the memory distance ``D`` of ``"constant"`` (default: the bank's window).
+        threshold: drop retrieved memories with cosine similarity <= threshold (reference: off;
+            0.25 when on). Mutable.
+        record: record which memories the last query of each forward attended to (citations).
+        index: ``"exact"`` (default) or ``"faiss"`` (approximate HNSW search, needs ``faiss-cpu``;
+            worth it above ~100k memories).
+    """
+
+    def __init__(self, model, bank: MemoryBank, topk: int = 10, layers=None, position_mode: str = "first",
+                 distance: int | None = None, threshold: float | None = None, record: bool = False,
+                 index: str = "exact"):
+        if not isinstance(bank, MemoryBank):
+            raise TypeError(f"bank: expected a MemoryBank, got {type(bank).__name__}")
+        base, decoder_layers = _layers(model)
+        rotary = getattr(base, "rotary_emb", None)
+        n_layers, n_heads, n_kv, head_dim = attention_shape(model)
+        if rotary is None or not hasattr(rotary, "inv_freq") or 2 * rotary.inv_freq.numel() != head_dim:
+            raise TypeError("model: Extended Mind needs a Llama-family model with full-dimension RoPE "
+                            "(model.model.rotary_emb); ALiBi and partial-rotary models are not supported")
+        bank.check_model(model)
+        mode = _ALIASES.get(position_mode, position_mode)
+        if mode not in POSITION_MODES:
+            raise ValueError(f"position_mode: expected one of {POSITION_MODES}, got {position_mode!r}")
+        if index not in ("exact", "faiss"):
+            raise ValueError(f"index: expected 'exact' or 'faiss', got {index!r}")
+        if layers is None:
+            layers = list(range(n_layers))
+        else:
+            layers = sorted({int(i) for i in layers})
+            bad = [i for i in layers if not 0 <= i < n_layers]
+            if bad:
+                raise ValueError(f"layers: expected indices in [0, {n_layers}), got {bad}")
+        self.model = model
+        self.bank = bank
+        self.topk = topk
+        self.threshold = threshold
+        self.layers = tuple(layers)
+        self.position_mode = mode
+        self.distance = int(bank.window if distance is None else distance)
+        self.record = bool(record)
+        self.index_kind = index
+        self.active = True
+        self.n_heads, self.n_kv = n_heads, n_kv
+        self.steps: list[list[tuple[int, torch.Tensor, torch.Tensor]]] = []
+        self._rotary = rotary  # inv_freq is read at each call: dynamic RoPE variants replace it
+        self._scale = float(getattr(rotary, "attention_scaling", 1.0) or 1.0)
+        self._attached = False
+
+        param = next(model.parameters())
+        device, dtype = param.device, param.dtype
+        if mode == "original":
+            key_positions = (bank.positions - bank.n_positions).to(device)
+        else:
+            key_positions = torch.zeros(len(bank), dtype=torch.long, device=device)
+        self._layers: dict[int, _Layer] = {}
+        for index_l in self.layers:
+            keys = bank.keys[index_l].to(device=device, dtype=torch.float32)
+            if mode == "original" or self._scale != 1.0:
+                keys = rotate(keys, key_positions, rotary.inv_freq, self._scale)
+            norms = keys.norm(dim=-1)
+            # unit keys turn the cosine ranking into one matmul: q . k/|k| = cos * |q|, and the
+            # logit is recovered for the k selected as (q . k/|k|) * |k|
+            unit = (keys / norms.clamp_min(1e-12)[..., None]).to(dtype)
+            values = bank.values[index_l].to(device=device, dtype=dtype)
+            layer = _Layer(unit, values, norms)
+            if index == "faiss":
+                layer.index = _faiss_index(unit)
+            self._layers[index_l] = layer
+        self._modules = [decoder_layers[i].self_attn for i in self.layers]
+        self._previous_impl = None
+        self.attach()
+
+    # ------------------------------------------------------------------ settings
+    @property
+    def topk(self) -> int:
+        return self._topk
+
+    @topk.setter
+    def topk(self, value) -> None:
+        try:
+            count = operator.index(value)  # ints and integer numpy scalars, not floats
+        except TypeError:
+            count = -1
+        if isinstance(value, bool) or count < 0:
+            raise ValueError(f"topk: expected an integer >= 0, got {value!r}")
+        self._topk = count
+
+    @property
+    def threshold(self) -> float | None:
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value) -> None:
+        if value is not None and not (isinstance(value, (int, float)) and -1.0 <= float(value) <= 1.0):
+            raise ValueError(f"threshold: expected None or a cosine similarity in [-1, 1], got {value!r}")
+        self._threshold = None if value is None else float(value)
+
+    # ------------------------------------------------------------------ attach / detach
+    def attach(self) -> "ExtendedMind":
+        """Route the model's attention through ``"emt"`` (done by the constructor)."""
+        if self._attached:
+            return self
+        other = getattr(self.model, _STATE, None)
+        if other is not None and other is not self:
+            raise RuntimeError("model already has an ExtendedMind attached; detach it first")
+        _register()
+        self._previous_impl = self.model.config._attn_implementation
+        self.model.set_attn_implementation(ATTENTION_NAME)
+        for module in self._modules:
+            setattr(module, _STATE, self)
+        setattr(self.model, _STATE, self)
+        self._attached = True
+        return self
+
+    def detach(self) -> None:
+        """Restore the model's previous attention implementation (``attach()`` re-attaches)."""
+        if not self._attached:
+            return
+        for module in self._modules:
+            if getattr(module, _STATE, None) is self:
+                delattr(module, _STATE)
+        if getattr(self.model, _STATE, None) is self:
+            delattr(self.model, _STATE)
+        self.model.set_attn_implementation(self._previous_impl or "sdpa")
+        self._attached = False
+
+    def __enter__(self) -> "ExtendedMind":
+        return self.attach()
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
+
+    @contextlib.contextmanager
+    def settings(self, **changes):
+        """Temporarily change ``topk``, ``threshold`` or ``record``: ``with mind.settings(topk=0): ...``."""
+        allowed = {"topk", "threshold", "record"}
+        unknown = set(changes) - allowed
+        if unknown:
+            raise ValueError(f"settings: expected keys among {sorted(allowed)}, got {sorted(unknown)}")
+        old = {name: getattr(self, name) for name in changes}
+        try:
+            for name, value in changes.items():
+                setattr(self, name, value)
+            yield self
+        finally:
+            for name, value in old.items():
+                setattr(self, name, value)
+
+    # ------------------------------------------------------------------ citations
+    def reset_citations(self) -> None:
+        """Forget recorded retrievals (call before a new ``generate``)."""
+        self.steps = []
+
+    def citations(self, top: int = 5, merge_gap: int = 1, tokenizer=None, skip_sinks: bool = True):
+        """Memories each recorded forward step attended to; see ``thermoai.memory.citations.cite``."""
+        from thermoai.memory.citations import cite
+
+        return cite(self, top=top, merge_gap=merge_gap, tokenizer=tokenizer, skip_sinks=skip_sinks)
+
+    # ------------------------------------------------------------------ the attention
+    def _query_positions(self, kwargs, b: int, s: int, kv: int, device) -> torch.Tensor:
+        positions = kwargs.get("position_ids")
+        if positions is None:
+            positions = torch.arange(kv - s, kv, device=device)[None]
+        return positions.to(device).expand(b, s)
+
+    def _retrieve(self, layer: _Layer, q: torch.Tensor, k: int):
+        """Top-k memories of every query: ``q [b, n_kv, G, s, d]`` -> (dot products, cosines, indices)."""
+        b, n_kv, g, s, d = q.shape
+        m = layer.unit_keys.shape[1]
+        q_norm = q.to(torch.float32).norm(dim=-1, keepdim=True).clamp_min(1e-12)  # [b, n_kv, G, s, 1]
+        if layer.index is not None:
+            idx = _faiss_search(layer, q, k)
+            found = idx >= 0  # faiss pads with -1 when it finds fewer than k
+            idx = idx.clamp_min(0)
+            heads = torch.arange(n_kv, device=q.device)[None, :, None, None, None]
+            scores = torch.einsum("bngsd,bngskd->bngsk", q, layer.unit_keys[heads, idx]).to(torch.float32)
+            scores = scores.masked_fill(~found, float("-inf"))
+        else:
+            budget = _SIM_BUDGET.get(q.device.type, _SIM_BUDGET["cpu"])
+            chunk = max(1, budget // max(1, b * n_kv * g * m))
+            score_parts, idx_parts = [], []
+            for start in range(0, s, chunk):
+                scores_all = torch.einsum("bngsd,nmd->bngsm", q[:, :, :, start:start + chunk], layer.unit_keys)
+                best, best_idx = scores_all.topk(k, dim=-1)
+                score_parts.append(best)
+                idx_parts.append(best_idx)
+            scores, idx = torch.cat(score_parts, 3).to(torch.float32), torch.cat(idx_parts, 3)
+        heads = torch.arange(n_kv, device=q.device)[None, :, None, None, None]
+        dots = scores * layer.key_norms[heads, idx]
+        return dots, scores / q_norm, idx
+
+    def _forward(self, module, query, key, value, attention_mask, scaling, kwargs):
+        layer = self._layers[module.layer_idx]
+        b, n_heads, s, d = query.shape
+        n_kv, kv = key.shape[1], key.shape[2]
+        g = n_heads // n_kv
+        k = min(self.topk, layer.unit_keys.shape[1])
+        q = query.view(b, n_kv, g, s, d)
+        if self.position_mode in ("constant", "none"):
+            target = self.distance if self.position_mode == "constant" else 0
+            shift = target - self._query_positions(kwargs, b, s, kv, query.device)  # [b, s]
+            q_mem = rotate(q, shift[:, None, None, :], self._rotary.inv_freq)
+        else:
+            q_mem = q
+        dots, sims, idx = self._retrieve(layer, q_mem, k)  # [b, n_kv, G, s, k]
+        mem_logits = dots * scaling
+        if self.threshold is not None:
+            mem_logits = mem_logits.masked_fill(sims <= self.threshold, float("-inf"))
+
+        local_logits = torch.einsum("bngsd,bnkd->bngsk", q, key).to(torch.float32) * scaling
+        if attention_mask is not None:
+            mask = attention_mask[:, :, :, -kv:].to(torch.float32)  # [b or 1, 1, s, kv]
+            local_logits = local_logits + mask[:, :, None]
+        elif s > 1:
+            causal = torch.ones(s, kv, dtype=torch.bool, device=query.device).tril(kv - s)
+            local_logits = local_logits.masked_fill(~causal, float("-inf"))
+        weights = torch.softmax(torch.cat([mem_logits, local_logits], dim=-1), dim=-1)
+        mem_w, local_w = weights[..., :k], weights[..., k:]
+        heads = torch.arange(n_kv, device=query.device)[None, :, None, None, None]
+        mem_values = layer.values[heads, idx]  # [b, n_kv, G, s, k, d]
+        out = torch.einsum("bngsk,bngskd->bngsd", mem_w.to(value.dtype), mem_values)
+        out = out + torch.einsum("bngsk,bnkd->bngsd", local_w.to(value.dtype), value)
+        if self.record:
+            self._record(module.layer_idx, idx[:, :, :, -1].reshape(b, -1), mem_w[:, :, :, -1].reshape(b, -1))
+        return out.reshape(b, n_heads, s, d).transpose(1, 2).contiguous(), None
+
+    def _record(self, layer_idx: int, idx: torch.Tensor, weights: torch.Tensor) -> None:
+        if layer_idx == self.layers[0] or not self.steps:
+            self.steps.append([])
+        self.steps[-1].append((layer_idx, idx.detach().cpu(), weights.detach().to(torch.float32).cpu()))
+
+
+def emt_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """The ``"emt"`` attention function (transformers' signature); output ``[b, q, H, d]``."""
+    mind = getattr(module, _STATE, None)
+    if scaling is None:
+        scaling = 1.0 / math.sqrt(query.shape[-1])
+    if mind is None or not mind.active or mind.topk == 0:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    if dropout and module.training:
+        raise ValueError("dropout: Extended Mind attention is for inference; call model.eval()")
+    return mind._forward(module, query, key, value, attention_mask, scaling, kwargs)
+
+
+def attach(model, bank: MemoryBank, topk: int = 10, layers=None, position_mode: str = "first", **options) -> ExtendedMind:
+    """Attach ``bank`` to ``model``; returns the ``ExtendedMind`` (a context manager; ``.detach()``)."""
+    return ExtendedMind(model, bank, topk=topk, layers=layers, position_mode=position_mode, **options)
+
+
+@contextlib.contextmanager
+def suspended(model):
+    """Within the block, an attached ExtendedMind (if any) does not retrieve."""
+    mind = getattr(model, _STATE, None)
+    if mind is None:
+        yield
+        return
+    previous = mind.active
+    mind.active = False
+    try:
+        yield
+    finally:
+        mind.active = previous
+
+
+# ---------------------------------------------------------------------- optional approximate index
+def _faiss_index(unit_keys: torch.Tensor):
+    """One HNSW inner-product index per kv head over the unit keys (cosine search)."""
+    try:
+        import faiss
+    except ImportError as err:
+        raise ImportError("index='faiss' needs faiss-cpu: pip install 'thermoai[ann]' (or faiss-cpu)") from err
+    indexes = []
+    for head in unit_keys.to(torch.float32).cpu().numpy():
+        index = faiss.IndexHNSWFlat(head.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = 128
+        index.add(head)
+        indexes.append(index)
+    return indexes
+
+
+def _faiss_search(layer: _Layer, q: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices ``[b, n_kv, G, s, k]`` of the (approximately) most cosine-similar memories, -1 if none."""
+    b, n_kv, g, s, d = q.shape
+    normed = torch.nn.functional.normalize(q.to(torch.float32), dim=-1)
+    idx = torch.empty(b, n_kv, g, s, k, dtype=torch.long)
+    for head, index in enumerate(layer.index):
+        flat = normed[:, head].reshape(-1, d).cpu().numpy()
+        _, found = index.search(flat, k)
+        idx[:, head] = torch.from_numpy(found).reshape(b, g, s, k)
+    return idx.to(q.device)

@@ -1,0 +1,262 @@
+"""Extended Mind attention on a tiny random GQA Llama: exactness, grouping, positions, cache, batch, dtype."""
+
+import pytest
+import torch
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from thermoai.memory import MemoryBank, attach, suspended
+from thermoai.memory.attention import emt_attention
+
+from memory_helpers import make_tiny_llama
+
+TOL = dict(atol=2e-5, rtol=1e-5)  # float32 round-off of a 3-layer model
+
+
+def test_prefix_memory_with_all_keys_equals_full_context(tiny, doc_ids):
+    """(a) memory = exact prefix, k = all, original positions -> full-context logits."""
+    m = 50
+    full = tiny(doc_ids[None]).logits
+    bank = MemoryBank.build(tiny, ids=doc_ids[:m], window=64, progress=False)
+    with attach(tiny, bank, topk=m, position_mode="original"):
+        out = tiny(doc_ids[None, m:]).logits
+        torch.testing.assert_close(out, full[:, m:], **TOL)
+    # with fewer memories, or memories placed at position 0, the comparison above would fail
+    with attach(tiny, bank, topk=m // 2, position_mode="original"):
+        partial = tiny(doc_ids[None, m:]).logits
+    assert (partial - full[:, m:]).abs().max() > 1e-3
+    # "first" positions put all memories at position 0: not the full-context computation
+    with attach(tiny, bank, topk=m, position_mode="first"):
+        first = tiny(doc_ids[None, m:]).logits
+    assert (first - full[:, m:]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("kv_heads", [1, 4])
+def test_prefix_memory_exact_for_multi_query_and_multi_head(doc_ids, kv_heads):
+    """(a) again with one shared kv head (MQA) and with as many kv heads as query heads (MHA)."""
+    model = make_tiny_llama(kv_heads=kv_heads, layers=2)
+    full = model(doc_ids[None, :60]).logits
+    bank = MemoryBank.build(model, ids=doc_ids[:45], progress=False)
+    assert bank.keys.shape[1] == kv_heads
+    with attach(model, bank, topk=45, position_mode="original"):
+        torch.testing.assert_close(model(doc_ids[None, 45:60]).logits, full[:, 45:], **TOL)
+
+
+def test_topk_zero_equals_model_without_memory(tiny, doc_ids):
+    """(b)"""
+    bank = MemoryBank.build(tiny, ids=doc_ids[:40], progress=False)
+    plain = tiny(doc_ids[None, 40:]).logits
+    with attach(tiny, bank, topk=0) as mind:
+        torch.testing.assert_close(tiny(doc_ids[None, 40:]).logits, plain, atol=0, rtol=0)
+        mind.topk = 3
+        assert (tiny(doc_ids[None, 40:]).logits - plain).abs().max() > 1e-3
+        with suspended(tiny):
+            torch.testing.assert_close(tiny(doc_ids[None, 40:]).logits, plain, atol=0, rtol=0)
+        with mind.settings(topk=0):
+            torch.testing.assert_close(tiny(doc_ids[None, 40:]).logits, plain, atol=0, rtol=0)
+        assert mind.topk == 3
+        with pytest.raises(ValueError, match="settings"):
+            with mind.settings(window=3):
+                pass
+    assert tiny.config._attn_implementation == "sdpa"  # restored on detach
+    torch.testing.assert_close(tiny(doc_ids[None, 40:]).logits, plain, atol=0, rtol=0)
+
+
+def reference_attention(query, key, value, bank_keys, bank_values, k, scaling, threshold=None):
+    """Per query head, per token, with the bank repeated to every query head (the reference's way)."""
+    b, n_heads, s, d = query.shape
+    group = n_heads // key.shape[1]
+    keys_rep = bank_keys.repeat_interleave(group, 0)  # [H, M, d]
+    values_rep = bank_values.repeat_interleave(group, 0)
+    key_rep, value_rep = key.repeat_interleave(group, 1), value.repeat_interleave(group, 1)
+    kv = key.shape[2]
+    out = torch.zeros(b, s, n_heads, d)
+    for bi in range(b):
+        for h in range(n_heads):
+            for i in range(s):
+                q = query[bi, h, i]
+                sims = torch.nn.functional.cosine_similarity(q[None], keys_rep[h], dim=-1)
+                top = sims.topk(k).indices
+                mem_logits = keys_rep[h, top] @ q * scaling
+                if threshold is not None:
+                    mem_logits = torch.where(sims[top] > threshold, mem_logits, torch.tensor(float("-inf")))
+                visible = kv - s + i + 1
+                local_logits = key_rep[bi, h, :visible] @ q * scaling
+                w = torch.softmax(torch.cat([mem_logits, local_logits]), 0)
+                out[bi, i, h] = w[:k] @ values_rep[h, top] + w[k:] @ value_rep[bi, h, :visible]
+    return out
+
+
+@pytest.mark.parametrize("threshold", [None, 0.1])
+def test_gqa_grouping_equals_repeated_bank(tiny, doc_ids, threshold):
+    """(c) the grouped computation equals repeating the bank to all query heads."""
+    bank = MemoryBank.build(tiny, ids=doc_ids[:30], progress=False)
+    generator = torch.Generator().manual_seed(3)
+    b, s, kv, d = 2, 5, 7, 16
+    query = torch.randn(b, 4, s, d, generator=generator)
+    key = torch.randn(b, 2, kv, d, generator=generator)
+    value = torch.randn(b, 2, kv, d, generator=generator)
+    mask = torch.zeros(b, 1, s, kv).masked_fill(~torch.ones(s, kv, dtype=torch.bool).tril(kv - s), torch.finfo(torch.float32).min)
+    module = tiny.model.layers[1].self_attn
+    with attach(tiny, bank, topk=6, threshold=threshold, position_mode="first"):
+        out, _ = emt_attention(module, query, key, value, mask, scaling=d ** -0.5)
+    expected = reference_attention(query, key, value, bank.keys[1], bank.values[1], 6, d ** -0.5, threshold)
+    assert out.shape == (b, s, 4, d)
+    torch.testing.assert_close(out, expected, **TOL)
+
+
+def test_constant_and_none_positions_match_rope_of_raw_query(tiny, doc_ids):
+    """Memory logits use the query rotated to distance D ("constant") or not rotated ("none")."""
+    bank = MemoryBank.build(tiny, ids=doc_ids[:20], progress=False)
+    module = tiny.model.layers[0].self_attn
+    generator = torch.Generator().manual_seed(4)
+    s, d = 3, 16
+    raw_q = torch.randn(1, 4, s, d, generator=generator)
+    positions = torch.tensor([[7, 8, 9]])
+    rotary = tiny.model.rotary_emb
+    cos, sin = rotary(raw_q, positions)
+    query, _ = apply_rotary_pos_emb(raw_q, raw_q, cos, sin)
+    key = torch.randn(1, 2, 10, d, generator=generator)
+    value = torch.randn(1, 2, 10, d, generator=generator)
+    mask = torch.zeros(1, 1, s, 10).masked_fill(~torch.ones(s, 10, dtype=torch.bool).tril(7), torch.finfo(torch.float32).min)
+    for mode, target in (("constant", 25), ("none", 0)):
+        with attach(tiny, bank, topk=5, position_mode=mode, distance=25):
+            out, _ = emt_attention(module, query, key, value, mask, scaling=d ** -0.5, position_ids=positions)
+        cos_t, sin_t = rotary(raw_q, torch.full((1, s), target))
+        q_target, _ = apply_rotary_pos_emb(raw_q, raw_q, cos_t, sin_t)
+        # the expected computation: retrieval and memory logits with q at the target angle,
+        # local attention with the normally rotated query
+        group = 2
+        expected = torch.zeros(1, s, 4, d)
+        for h in range(4):
+            keys_h, values_h = bank.keys[0, h // group], bank.values[0, h // group]
+            for i in range(s):
+                qt = q_target[0, h, i]
+                top = torch.nn.functional.cosine_similarity(qt[None], keys_h, dim=-1).topk(5).indices
+                logits = torch.cat([keys_h[top] @ qt, key[0, h // group, : 8 + i] @ query[0, h, i]]) * d ** -0.5
+                w = torch.softmax(logits, 0)
+                expected[0, i, h] = w[:5] @ values_h[top] + w[5:] @ value[0, h // group, : 8 + i]
+        torch.testing.assert_close(out, expected, **TOL)
+
+
+def test_layers_subset_and_causality(tiny, doc_ids):
+    bank = MemoryBank.build(tiny, ids=doc_ids[:40], progress=False)
+    prompt = doc_ids[None, 40:60]
+    plain = tiny(prompt).logits
+    with attach(tiny, bank, topk=4, layers=[2]):
+        # retrieval only in the last layer: earlier layers are untouched, so the output differs
+        # from the plain model only through layer 2
+        only_last = tiny(prompt).logits
+        # causal masking survives the custom attention: a later token cannot change earlier logits
+        changed = prompt.clone()
+        changed[0, -1] = (changed[0, -1] + 1 - 3) % 98 + 3
+        torch.testing.assert_close(tiny(changed).logits[:, :-1], only_last[:, :-1], atol=0, rtol=0)
+    assert (only_last - plain).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="layers"):
+        attach(tiny, bank, layers=[3])
+
+
+def test_generate_with_cache_equals_without(tiny, doc_ids):
+    """(e)"""
+    bank = MemoryBank.build(tiny, ids=doc_ids[:40], window=16, stride=4, progress=False)
+    prompt = doc_ids[None, 40:52]
+    for mode in ("first", "original", "constant", "none"):
+        with attach(tiny, bank, topk=5, position_mode=mode):
+            cached = tiny.generate(prompt, max_new_tokens=8, do_sample=False, output_logits=True,
+                                   return_dict_in_generate=True)
+            uncached = tiny.generate(prompt, max_new_tokens=8, do_sample=False, use_cache=False,
+                                     output_logits=True, return_dict_in_generate=True)
+        assert torch.equal(cached.sequences, uncached.sequences), mode
+        torch.testing.assert_close(torch.stack(cached.logits), torch.stack(uncached.logits), **TOL)
+
+
+def test_batch_with_left_padding_equals_single_rows(tiny, doc_ids):
+    bank = MemoryBank.build(tiny, ids=doc_ids[:40], progress=False)
+    long, short = doc_ids[40:52], doc_ids[60:67]
+    ids = torch.stack([long, torch.cat([torch.zeros(5, dtype=torch.long), short])])
+    mask = torch.stack([torch.ones(12, dtype=torch.long), torch.cat([torch.zeros(5), torch.ones(7)]).long()])
+    with attach(tiny, bank, topk=5):
+        batched = tiny.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, output_logits=True,
+                                return_dict_in_generate=True, pad_token_id=0)
+        singles = [tiny.generate(row[None], max_new_tokens=6, do_sample=False, output_logits=True,
+                                 return_dict_in_generate=True) for row in (long, short)]
+    logits = torch.stack(batched.logits, 1)  # [b, steps, vocab]
+    for row, single in enumerate(singles):
+        torch.testing.assert_close(logits[row], torch.stack(single.logits, 1)[0], **TOL)
+        assert torch.equal(batched.sequences[row, -6:], single.sequences[0, -6:])
+
+
+def test_bfloat16_close_to_float32(doc_ids):
+    model32 = make_tiny_llama()
+    model16 = make_tiny_llama(dtype=torch.bfloat16)
+    bank = MemoryBank.build(model32, ids=doc_ids[:40], progress=False)
+    prompt = doc_ids[None, 40:56]
+    with attach(model32, bank, topk=5, position_mode="original"):
+        ref = model32(prompt).logits
+    with attach(model16, bank, topk=5, position_mode="original") as mind:
+        assert mind._layers[0].unit_keys.dtype == torch.bfloat16  # the bank is placed once in the model's dtype
+        low = model16(prompt).logits
+        gen = model16.generate(prompt, max_new_tokens=4, do_sample=False)
+    assert low.dtype == torch.bfloat16 and gen.shape == (1, 20)
+    # bfloat16 has 8 mantissa bits (relative step 2^-8 ~ 0.004); through 3 layers the logits
+    # (scale ~1) stay within a few percent
+    err = (low.float() - ref).abs().max() / ref.abs().max()
+    assert err < 0.05
+
+
+def test_bad_arguments(tiny, doc_ids):
+    bank = MemoryBank.build(tiny, ids=doc_ids[:10], progress=False)
+    with pytest.raises(ValueError, match="position_mode"):
+        attach(tiny, bank, position_mode="sideways")
+    with pytest.raises(ValueError, match="topk"):
+        attach(tiny, bank, topk=-1)
+    with pytest.raises(ValueError, match="threshold"):
+        attach(tiny, bank, threshold=2.0)
+    with pytest.raises(TypeError, match="MemoryBank"):
+        attach(tiny, "bank")
+    with pytest.raises(ValueError, match="rebuild the bank"):
+        attach(make_tiny_llama(seed=9), bank)
+    with attach(tiny, bank):
+        with pytest.raises(RuntimeError, match="already has an ExtendedMind"):
+            attach(tiny, bank)
+    assert tiny.config._attn_implementation == "sdpa"
+
+
+class ExactStandIn:
+    """Stands in for faiss.IndexHNSWFlat with exact inner-product search (faiss-cpu is optional)."""
+
+    def __init__(self, dim, links, metric):
+        self.hnsw = type("Params", (), {"efSearch": 0})()
+        self.data = None
+
+    def add(self, vectors):
+        self.data = torch.from_numpy(vectors)
+
+    def search(self, queries, k):
+        scores = torch.from_numpy(queries) @ self.data.T
+        best = scores.topk(k, dim=-1)
+        return best.values.numpy(), best.indices.numpy()
+
+
+def test_index_path_equals_exact_search(tiny, doc_ids, monkeypatch):
+    import sys
+    import types
+
+    bank = MemoryBank.build(tiny, ids=doc_ids[:40], progress=False)
+    prompt = doc_ids[None, 40:55]
+    with attach(tiny, bank, topk=4, threshold=0.05):
+        exact = tiny(prompt).logits
+    fake = types.SimpleNamespace(IndexHNSWFlat=ExactStandIn, METRIC_INNER_PRODUCT=0)
+    monkeypatch.setitem(sys.modules, "faiss", fake)
+    with attach(tiny, bank, topk=4, threshold=0.05, index="faiss"):
+        indexed = tiny(prompt).logits
+    torch.testing.assert_close(indexed, exact, **TOL)
+    monkeypatch.setitem(sys.modules, "faiss", None)  # as if faiss-cpu were not installed
+    with pytest.raises(ImportError, match="faiss-cpu"):
+        attach(tiny, bank, index="faiss")
+
+
+def test_bank_built_while_attached_ignores_the_mind(tiny, doc_ids):
+    plain = MemoryBank.build(tiny, ids=doc_ids[:30], window=16, stride=8, progress=False)
+    with attach(tiny, plain, topk=5):
+        again = MemoryBank.build(tiny, ids=doc_ids[:30], window=16, stride=8, progress=False)
+    torch.testing.assert_close(again.keys, plain.keys, atol=0, rtol=0)
