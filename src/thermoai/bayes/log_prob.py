@@ -65,7 +65,8 @@ def value_and_grad(
         return value, (value.detach(), aux)
 
     with torch.no_grad():
-        grads, (value, aux) = grad_and_value(g, has_aux=True)(params)
+        # with has_aux, grad_and_value returns (grad, (output, aux of g)) and g already returns the value in its aux
+        grads, (_, (value, aux)) = grad_and_value(g, has_aux=True)(params)
     if check_finite and not _inside_transform(value):
         if not bool(torch.isfinite(value)):
             raise ValueError(f"{name} returned a non-finite value ({float(value)}); state left unchanged")

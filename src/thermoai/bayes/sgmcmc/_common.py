@@ -1,0 +1,206 @@
+"""Building blocks shared by the SGMCMC transforms (private).
+
+The updates are written on *lists of leaves*: with plain tensors they go through one fused
+``torch._foreach_*`` kernel per term; under ``torch.func.vmap`` (ensembles, many chains) the foreach
+kernels have no batching rule, so the same arithmetic runs leaf by leaf. Coefficients are Python floats on
+the hot path (no host sync); a schedule evaluated to a tensor is turned into a float once per step, or
+kept as a tensor when it is batched (one value per ensemble member).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from thermoai import tree as T
+from thermoai.bayes import log_prob
+from thermoai.types import Schedule, TensorTree, check_non_negative, check_scalar_value, resolve_schedule
+
+Coef = float | Tensor
+
+
+def is_wrapped(x: Tensor) -> bool:
+    """True for tensors inside a torch.func transform (vmap/grad), where foreach kernels do not work."""
+    return torch._C._functorch.is_functorch_wrapped_tensor(x)
+
+
+def value_and_grad(log_posterior: Any, params: TensorTree, batch: Any) -> tuple[Tensor, TensorTree, Any]:
+    """:func:`thermoai.bayes.log_prob.value_and_grad`, which validates the user's function and checks the
+    value and gradient for NaN/Inf (skipped inside vmap: the ensemble checks its members after the step)."""
+    return log_prob.value_and_grad(log_posterior, params, batch)
+
+
+def check_params(params: TensorTree, name: str = "params") -> list[Tensor]:
+    """The leaves of ``params``; ``TypeError``/``ValueError`` naming the problem if they cannot be sampled."""
+    ls = T.leaves(params)
+    if not ls:
+        raise ValueError(f"{name} must be a tensor or a tree with at least one tensor leaf; got {params!r}")
+    for i, leaf in enumerate(ls):
+        if not isinstance(leaf, Tensor):
+            raise TypeError(f"{name}: every leaf must be a torch.Tensor; leaf {i} is a {type(leaf).__name__}")
+        if not leaf.is_floating_point():
+            raise TypeError(f"{name}: every leaf must have a floating dtype; leaf {i} has {leaf.dtype}")
+    return ls
+
+
+def check_hyper(**values: Schedule) -> None:
+    """Validate constant hyper-parameters (``name=value``): finite and non-negative."""
+    for name, value in values.items():
+        check_non_negative(value, name)
+
+
+def check_positive(**values: Schedule) -> None:
+    for name, value in values.items():
+        check_non_negative(value, name, strictly=True)
+
+
+def resolve(value: Schedule, step: Tensor, name: str) -> Coef:
+    """Evaluate a constant or schedule at ``step``; a float, or a tensor only when batched (vmap)."""
+    if not callable(value) and not isinstance(value, Tensor):
+        return float(value)
+    out = resolve_schedule(value, step, name)
+    if isinstance(out, Tensor):
+        if out.numel() != 1:
+            raise ValueError(f"{name} schedule must return a scalar; got shape {tuple(out.shape)}")
+        if is_wrapped(out):
+            # one value per vmapped member; coefficient arithmetic in float64 like the Python-float path
+            # (a 0-d coefficient does not promote the parameters' dtype)
+            return out.reshape(()).to(torch.float64)
+        out = float(out)
+    if not isinstance(out, (int, float)):
+        raise TypeError(f"{name} schedule must return a number or a 0-d tensor; got {type(out).__name__}")
+    check_scalar_value(out, name)
+    return float(out)
+
+
+def sqrt(x: Coef) -> Coef:
+    return math.sqrt(x) if isinstance(x, float) else torch.sqrt(x)
+
+
+def exp(x: Coef) -> Coef:
+    return math.exp(x) if isinstance(x, float) else torch.exp(x)
+
+
+def clamp0(x: Coef) -> Coef:
+    return max(x, 0.0) if isinstance(x, float) else torch.clamp(x, min=0.0)
+
+
+def is_zero(x: Coef) -> bool:
+    """True only for a Python zero (a batched coefficient is never skipped: that would need a sync)."""
+    return isinstance(x, float) and x == 0.0
+
+
+def axpy(target: list[Tensor], coef: Coef, other: Sequence[Tensor], inplace: bool) -> list[Tensor]:
+    """``target + coef * other`` leaf by leaf; into ``target`` when ``inplace``, else into new tensors."""
+    if isinstance(coef, float) and not is_wrapped(target[0]) and not is_wrapped(other[0]):
+        if inplace:
+            torch._foreach_add_(target, list(other), alpha=coef)
+            return target
+        return list(torch._foreach_add(target, list(other), alpha=coef))
+    if inplace:
+        for t, o in zip(target, other):
+            t.add_(o * coef)
+        return target
+    return [t + o * coef for t, o in zip(target, other)]
+
+
+def scale(target: list[Tensor], coef: Coef, inplace: bool) -> list[Tensor]:
+    """``coef * target`` leaf by leaf (a plain 0-d tensor ``coef`` stays on device: no sync)."""
+    if not is_wrapped(target[0]) and (isinstance(coef, float) or not is_wrapped(coef)):
+        if inplace:
+            torch._foreach_mul_(target, coef)
+            return target
+        return list(torch._foreach_mul(target, coef))
+    if inplace:
+        for t in target:
+            t.mul_(coef)
+        return target
+    return [t * coef for t in target]
+
+
+def randn_like(ls: Sequence[Tensor], generator: torch.Generator | None) -> list[Tensor]:
+    """Standard normal noise for each leaf (its shape, dtype and device)."""
+    if generator is None:
+        return [torch.randn_like(x) for x in ls]
+    return [torch.randn(x.shape, dtype=x.dtype, device=x.device, generator=generator) for x in ls]
+
+
+def add_noise(target: list[Tensor], std: Coef, generator: torch.Generator | None, inplace: bool) -> list[Tensor]:
+    """``target + std * N(0, I)``; a Python ``std == 0`` draws nothing (exact optimisation at T = 0)."""
+    if is_zero(std):
+        return target
+    return axpy(target, std, randn_like(target, generator), inplace)
+
+
+def mean_square(ls: Sequence[Tensor]) -> Tensor:
+    """``mean over all elements of all leaves of x**2`` as a 0-d tensor (no host sync)."""
+    n = sum(x.numel() for x in ls)
+    if not is_wrapped(ls[0]):
+        norms = torch._foreach_norm(list(ls))
+        return torch.stack(norms).square().sum() / n
+    return sum((x * x).sum() for x in ls) / n
+
+
+def new_step(step: Tensor, inplace: bool) -> Tensor:
+    return step.add_(1) if inplace else step + 1
+
+
+def store_scalar(old: Tensor, value: Tensor, inplace: bool) -> Tensor:
+    """The state's 0-d record (e.g. log posterior), written into ``old`` when ``inplace``."""
+    value = value.detach().to(old.dtype)
+    if inplace:
+        old.copy_(value)
+        return old
+    return value
+
+
+def scalar_like(leaf: Tensor, value: float) -> Tensor:
+    """A fresh 0-d tensor with the parameters' floating dtype and device."""
+    return torch.full((), value, dtype=leaf.dtype, device=leaf.device)
+
+
+def zero_step(leaf: Tensor) -> Tensor:
+    """A fresh step counter (never shared between states: see research note, defect 4)."""
+    return torch.zeros((), dtype=torch.int64, device=leaf.device)
+
+
+def momenta_like(
+    params: TensorTree, momenta: Any, std: float, generator: torch.Generator | None, name: str = "momenta"
+) -> TensorTree:
+    """Initial momenta: ``None`` -> ``std * N(0, I)``; a number -> filled; a tree -> validated copy."""
+    ls = T.leaves(params)
+    spec = T.structure(params)
+    if momenta is None:
+        if std == 0.0:
+            return T.unflatten(spec, [torch.zeros_like(x) for x in ls])
+        return T.unflatten(spec, [n * std for n in randn_like(ls, generator)])
+    scalar_params = isinstance(params, Tensor) and params.dim() == 0
+    if isinstance(momenta, (int, float)) or (isinstance(momenta, Tensor) and momenta.dim() == 0 and not scalar_params):
+        fill = float(momenta)
+        if math.isnan(fill) or math.isinf(fill):
+            raise ValueError(f"{name} must be finite; got {fill}")
+        return T.unflatten(spec, [torch.full_like(x, fill) for x in ls])
+    T.check_same_structure(params, momenta, "params", name)
+    out = []
+    for p, m in zip(ls, T.leaves(momenta)):
+        if not isinstance(m, Tensor):
+            raise TypeError(f"{name} leaves must be tensors; got {type(m).__name__}")
+        out.append(m.detach().to(dtype=p.dtype, device=p.device).clone())
+    return T.unflatten(spec, out)
+
+
+def rebuild(like: TensorTree, ls: list[Tensor], inplace: bool) -> TensorTree:
+    """The tree with leaves ``ls`` (``like`` itself when the leaves were updated in place)."""
+    return like if inplace else T.unflatten(T.structure(like), ls)
+
+
+def rebuild_list(target: list[Tensor], values: list[Tensor], inplace: bool) -> list[Tensor]:
+    """``values`` written into ``target`` when ``inplace`` (returning ``target``), else ``values``."""
+    if not inplace:
+        return values
+    for t, v in zip(target, values):
+        t.copy_(v)
+    return target
