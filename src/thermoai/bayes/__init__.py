@@ -1,1 +1,35 @@
+"""Scalable Bayesian learning as functional transforms over parameter trees.
 
+Every method is ``build(log_posterior, **hyper) -> Transform(init, update)``; see ``docs/bayes.md``.
+
+Subpackages and modules:
+
+- :mod:`~thermoai.bayes.sgmcmc`: stochastic-gradient MCMC (SGLD, SGHMC, SGNHT, BAOA, ...).
+- :mod:`~thermoai.bayes.vi`: variational inference (``diag``, ``dense``) with sticking-the-landing gradients.
+- :mod:`~thermoai.bayes.laplace`: Laplace approximations (diagonal/dense empirical Fisher and GGN, dense Hessian).
+- :mod:`~thermoai.bayes.ekf`: extended Kalman filters (``diag_fisher``, ``dense_fisher``).
+- :mod:`~thermoai.bayes.ensemble`: tempered (asymptotically unbiased) deep ensembles.
+- :mod:`~thermoai.bayes.diagnostics`: MCMC diagnostics.
+- :mod:`~thermoai.bayes.predictive`: posterior-predictive summaries and the linearised predictive.
+- :mod:`~thermoai.bayes.module`: ``nn.Module`` as a pure function; Bayes over a subset of parameters.
+- :mod:`~thermoai.bayes.adam`: the functional Adam used by VI.
+- :mod:`~thermoai.bayes.log_prob`: validated evaluation of user log densities.
+"""
+
+from thermoai.bayes import adam, log_prob, module, predictive
+from thermoai.bayes import ekf, laplace, vi
+from thermoai.bayes import sgmcmc
+from thermoai.bayes import diagnostics, ensemble
+
+__all__ = [
+    "sgmcmc",
+    "vi",
+    "laplace",
+    "ekf",
+    "ensemble",
+    "diagnostics",
+    "predictive",
+    "module",
+    "adam",
+    "log_prob",
+]

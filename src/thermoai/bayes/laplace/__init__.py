@@ -1,1 +1,5 @@
+"""Laplace approximations at a mode: diagonal/dense empirical Fisher, diagonal/dense GGN, dense Hessian."""
 
+from thermoai.bayes.laplace import dense_fisher, dense_ggn, dense_hessian, diag_fisher, diag_ggn
+
+__all__ = ["diag_fisher", "diag_ggn", "dense_fisher", "dense_ggn", "dense_hessian"]

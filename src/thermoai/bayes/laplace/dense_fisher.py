@@ -1,0 +1,132 @@
+"""Laplace approximation with a dense empirical-Fisher precision.
+
+Over the ravelled parameter vector (``d`` elements, :func:`thermoai.tree.ravel` order), at the mode
+``theta*`` (not moved)::
+
+    prec = prior_precision + init_prec + sum over batches of G^T G,     G[i] = grad l_i(theta*)   (B x d)
+
+``l_i`` is the log posterior on sample ``i`` alone (or the ``i``-th entry with ``per_sample=True``).
+``sample`` draws ``theta* + L^{-T} eps`` with ``prec = L L^T`` (one Cholesky factorisation) and reshapes
+each leaf to ``sample_shape + leaf.shape``, for leaves of any rank.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from thermoai import tree as T
+from thermoai.bayes.laplace._common import check_finite, check_params, dense_init
+from thermoai.bayes.log_prob import per_sample_grads
+from thermoai.types import LogProbFn, TensorTree, Transform, check_non_negative
+
+__all__ = ["build", "DenseLaplaceState", "init", "update", "sample"]
+
+
+def build(
+    log_posterior: LogProbFn,
+    per_sample: bool = False,
+    init_prec: float | Tensor = 0.0,
+    prior_precision: float | Tensor = 0.0,
+) -> Transform:
+    """Dense empirical-Fisher Laplace as a :class:`~thermoai.types.Transform`.
+
+    Args:
+        log_posterior: ``(params, batch) -> (scalar, aux)``, or per-sample values with ``per_sample=True``.
+        per_sample: whether ``log_posterior`` already returns per-sample values ``(B,)``.
+        init_prec: starting precision: number ``c`` (``c I``), ``(d,)`` diagonal or ``(d, d)`` PSD matrix.
+        prior_precision: prior precision added to the precision (same forms, >= 0 / PSD).
+    """
+    if not isinstance(per_sample, bool):
+        raise TypeError(f"per_sample must be True or False; got {per_sample!r}")
+
+    def _init(params: TensorTree, init_prec: Any = init_prec, prior_precision: Any = prior_precision) -> DenseLaplaceState:
+        return init(params, init_prec, prior_precision)
+
+    def _update(state: DenseLaplaceState, batch: Any, inplace: bool = False, per_sample: bool = per_sample) -> tuple[DenseLaplaceState, Tensor]:
+        return update(state, batch, log_posterior, per_sample, inplace)
+
+    return Transform(_init, _update)
+
+
+class DenseLaplaceState(NamedTuple):
+    """Dense Laplace state.
+
+    Attributes:
+        params: the mode (tree; not changed by updates).
+        prec: ``(d, d)`` precision over ``tree_ravel(params)``, dtype/device of params.
+        step: number of updates (0-d int64).
+    """
+
+    params: TensorTree
+    prec: Tensor
+    step: Tensor
+
+
+def init(params: TensorTree, init_prec: Any = 0.0, prior_precision: Any = 0.0) -> DenseLaplaceState:
+    """Fresh state: mode ``params`` (copied), precision ``init_prec + prior_precision`` (params' dtype/device)."""
+    check_params(params)
+    mode = T.tree_map(lambda x: x.detach().clone(), params)
+    flat = T.tree_ravel(mode)
+    return DenseLaplaceState(
+        params=mode,
+        prec=dense_init(flat, init_prec, prior_precision),
+        step=torch.zeros((), dtype=torch.int64, device=flat.device),
+    )
+
+
+def update(
+    state: DenseLaplaceState,
+    batch: Any,
+    log_posterior: LogProbFn,
+    per_sample: bool = False,
+    inplace: bool = False,
+) -> tuple[DenseLaplaceState, Tensor]:
+    """Add ``G^T G`` of the batch to ``prec``; returns ``(state, per-sample values (B,))``."""
+    values, grads = per_sample_grads(log_posterior, state.params, batch, per_sample_fn=per_sample, name="log_posterior")
+    G = flat_rows(grads, values.shape[0]).to(state.prec.dtype)
+    increment = G.mT @ G
+    return accumulate(state, increment, inplace, "the per-sample gradients of log_posterior"), values
+
+
+def flat_rows(tree: TensorTree, n: int) -> Tensor:
+    """Leaves with a leading dimension ``n`` concatenated into an ``(n, d)`` matrix (ravel order)."""
+    return torch.cat([x.reshape(n, -1) for x in T.leaves(tree)], dim=1)
+
+
+def accumulate(state: DenseLaplaceState, increment: Tensor, inplace: bool, what: str) -> DenseLaplaceState:
+    if increment.shape != state.prec.shape:
+        raise ValueError(f"precision increment has shape {tuple(increment.shape)}, state.prec {tuple(state.prec.shape)}")
+    check_finite([increment], f"{what} have NaN or Inf entries; state left unchanged")
+    if inplace:
+        with torch.no_grad():
+            state.prec.add_(increment)
+            state.step.add_(1)
+        return state
+    return DenseLaplaceState(state.params, state.prec + increment, state.step + 1)
+
+
+def sample(
+    state: DenseLaplaceState,
+    sample_shape: torch.Size | tuple[int, ...] = torch.Size([]),
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> TensorTree:
+    """Draws from ``N(theta*, temperature * prec^{-1})``: leaves ``sample_shape + leaf.shape`` (any rank)."""
+    check_non_negative(temperature, "temperature")
+    sample_shape = torch.Size(sample_shape)
+    mode, unravel = T.ravel(state.params)
+    prec = state.prec.to(mode.dtype)
+    L, info = torch.linalg.cholesky_ex(0.5 * (prec + prec.mT))
+    if int(info) != 0:
+        raise ValueError(
+            "prec is not positive definite (a direction with zero or negative precision has no finite "
+            "variance); pass a positive prior_precision"
+        )
+    eps = torch.randn((*sample_shape, mode.numel()), dtype=mode.dtype, device=mode.device, generator=generator)
+    # x = L^{-T} eps has covariance (L L^T)^{-1} = prec^{-1}
+    x = torch.linalg.solve_triangular(L.mT, eps.reshape(-1, mode.numel()).mT, upper=True).mT
+    x = x.reshape(*sample_shape, mode.numel())
+    return unravel(mode + float(temperature) ** 0.5 * x)

@@ -1,0 +1,87 @@
+"""Laplace approximation with a dense generalised Gauss-Newton (GGN) precision.
+
+With ``z_i`` the ``C`` outputs of sample ``i``, ``J_i = dz_i/dtheta`` (``C x d`` over the ravelled
+parameters) and ``H_i = -d^2 outer / dz_i^2``::
+
+    prec = prior_precision + init_prec + sum over batches of sum_i J_i^T H_i J_i
+
+The per-sample Jacobians are vmapped (``B x C x d``); the output Hessian is only formed per sample
+(``B x C x C``, from ``C`` Hessian-vector products; the outer log likelihood must be a sum or mean of
+per-sample terms). ``forward`` must treat samples independently.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+from torch.func import jacrev, vmap
+
+from thermoai.bayes.laplace._common import output_hessian_blocks, single
+from thermoai.bayes.laplace.dense_fisher import DenseLaplaceState, accumulate, flat_rows, init, sample
+from thermoai.types import ForwardFn, TensorTree, Transform
+
+__all__ = ["build", "DenseLaplaceState", "init", "update", "sample"]
+
+
+def build(
+    forward: ForwardFn,
+    outer_log_likelihood: Callable[[Tensor, Any], Tensor],
+    init_prec: float | Tensor = 0.0,
+    prior_precision: float | Tensor = 0.0,
+) -> Transform:
+    """Dense GGN Laplace as a :class:`~thermoai.types.Transform`.
+
+    Args:
+        forward: ``forward(params, batch) -> (z, aux)``, ``z`` of shape ``(B, *out)``.
+        outer_log_likelihood: ``outer_log_likelihood(z, batch) -> scalar`` (no aux).
+        init_prec: starting precision: number, ``(d,)`` diagonal or ``(d, d)`` PSD matrix.
+        prior_precision: prior precision added to the precision (same forms).
+    """
+
+    def _init(params: TensorTree, init_prec: Any = init_prec, prior_precision: Any = prior_precision) -> DenseLaplaceState:
+        return init(params, init_prec, prior_precision)
+
+    def _update(state: DenseLaplaceState, batch: Any, inplace: bool = False) -> tuple[DenseLaplaceState, Any]:
+        return update(state, batch, forward, outer_log_likelihood, inplace)
+
+    return Transform(_init, _update)
+
+
+def update(
+    state: DenseLaplaceState,
+    batch: Any,
+    forward: ForwardFn,
+    outer_log_likelihood: Callable[[Tensor, Any], Tensor],
+    inplace: bool = False,
+) -> tuple[DenseLaplaceState, Any]:
+    """Add ``sum_i J_i^T H_i J_i`` of the batch to ``prec``; returns ``(state, aux of forward)``."""
+    increment, aux = dense_ggn(forward, outer_log_likelihood, state.params, batch)
+    return accumulate(state, increment.to(state.prec.dtype), inplace, "the GGN entries"), aux
+
+
+def dense_ggn(
+    forward: ForwardFn,
+    outer_log_likelihood: Callable[[Tensor, Any], Tensor],
+    params: TensorTree,
+    batch: Any,
+) -> tuple[Tensor, Any]:
+    """``sum_i J_i^T H_i J_i`` as a ``(d, d)`` matrix and the ``aux`` of ``forward``."""
+    with torch.no_grad():
+        out = forward(params, batch)
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise ValueError(f"forward must return a pair (z, aux); got {type(out).__name__}")
+        z, aux = out
+        if not isinstance(z, Tensor) or z.ndim < 1:
+            raise ValueError("forward must return outputs z of shape (batch, *out)")
+        B = z.shape[0]
+        H = output_hessian_blocks(outer_log_likelihood, z, batch)  # (B, C, C)
+
+        def one(sample: Any) -> TensorTree:
+            return jacrev(lambda p: forward(p, single(sample))[0].reshape(-1))(params)
+
+        jac = vmap(one)(batch)  # leaves (B, C, *shape)
+        C = H.shape[-1]
+        J = flat_rows(jac, B * C).reshape(B, C, -1)
+        return torch.einsum("bcd,bce,bef->df", J, H.to(J.dtype), J), aux

@@ -1,0 +1,84 @@
+"""Pieces shared by diagonal and dense VI: argument checks, noise and per-draw gradients."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.func import vmap
+
+from thermoai import tree as T
+from thermoai.bayes import adam as adam_mod
+from thermoai.bayes.laplace._common import check_finite
+from thermoai.bayes.log_prob import value_and_grad
+from thermoai.types import LogProbFn, Schedule, TensorTree, check_non_negative, check_scalar_value
+
+
+def resolve_optimizer(
+    optimizer: adam_mod.Optimizer | None, lr: Schedule | None, default_lr: float | None = None
+) -> adam_mod.Optimizer:
+    """The optimiser to use: ``optimizer``, or ``adam(lr)`` when only ``lr`` is given."""
+    if optimizer is not None and lr is not None:
+        raise ValueError("give either optimizer or lr, not both (lr is shorthand for optimizer=adam(lr=lr))")
+    if optimizer is None:
+        if lr is None:
+            if default_lr is None:
+                raise TypeError(
+                    "VI needs an optimizer (e.g. thermoai.bayes.adam.adam(lr=1e-2)) or an lr; got neither"
+                )
+            lr = default_lr
+        return adam_mod.adam(lr=lr)
+    # torchopt's GradientTransformation also has init/update, but its update returns increments, not new
+    # parameters: accept only thermoai's Optimizer (build your own as Optimizer(init, update))
+    if not isinstance(optimizer, adam_mod.Optimizer):
+        raise TypeError(
+            "optimizer must be a thermoai.bayes.adam.Optimizer such as thermoai.bayes.adam.adam(lr=...); "
+            f"got {type(optimizer).__module__}.{type(optimizer).__name__} (torch.optim and torchopt "
+            "optimizers are not supported)"
+        )
+    return optimizer
+
+
+def check_temperature(temperature: Schedule | float | Tensor) -> None:
+    if isinstance(temperature, (int, float, Tensor)):
+        check_non_negative(temperature, "temperature")
+        check_scalar_value(temperature, "temperature")
+    elif not callable(temperature):
+        raise TypeError(f"temperature must be a number or a schedule; got {type(temperature).__name__}")
+
+
+def check_n_samples(n_samples: int) -> None:
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
+        raise ValueError(f"n_samples must be a positive integer; got {n_samples!r}")
+
+
+def standard_normal_like(tree: TensorTree, n: int, generator: torch.Generator | None) -> TensorTree:
+    """``N(0, I)`` noise with leaves of shape ``(n, *leaf.shape)``, dtype/device of each leaf."""
+    return T.tree_map(
+        lambda x: torch.randn((n, *x.shape), dtype=x.dtype, device=x.device, generator=generator), tree
+    )
+
+
+def draws_value_and_grad(
+    log_posterior: LogProbFn, thetas: TensorTree, batch: Any
+) -> tuple[Tensor, TensorTree, Any]:
+    """``log p`` ``(S,)`` and its gradient (leaves ``(S, *shape)``) at ``S`` stacked draws.
+
+    One draw calls the function directly; several are vmapped. ``aux`` is that of the first draw. NaN or
+    infinite values/gradients raise ``ValueError`` (via :func:`thermoai.bayes.log_prob.value_and_grad`).
+    """
+    n = T.leaves(thetas)[0].shape[0]
+    if n == 1:
+        theta = T.tree_map(lambda x: x[0], thetas)
+        value, grad, aux = value_and_grad(log_posterior, theta, batch)
+        return value.reshape(1), T.tree_map(lambda x: x.unsqueeze(0), grad), aux
+
+    def one(theta: TensorTree) -> tuple[Tensor, TensorTree, Any]:
+        return value_and_grad(log_posterior, theta, batch, check_finite=False)
+
+    values, grads, auxs = vmap(one, randomness="different")(thetas)
+    check_finite([values], "log_posterior returned a non-finite value (NaN or Inf) at a draw from q; state left unchanged")
+    check_finite(T.leaves(grads), "the gradient of log_posterior has NaN or Inf entries at a draw from q; state left unchanged")
+    aux = T.tree_map(lambda x: x[0], auxs)
+    return values, grads, aux

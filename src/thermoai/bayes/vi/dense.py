@@ -1,0 +1,257 @@
+"""Variational inference with a full-covariance Gaussian, reparameterised ELBO.
+
+Family ``q(theta) = N(mu, L L^T)`` over the ravelled parameter vector (``d`` elements), ``L`` lower
+triangular with an unconstrained diagonal, stored flat (its ``d(d+1)/2`` lower-triangle entries, row-major,
+as :func:`L_to_flat` writes them). Draws ``theta = mu + L eps``. Objective (``T`` the temperature):
+
+    NELBO(mu, L) = -E_q[log p(theta)] + T * E_q[log q(theta)]
+    log q(theta) = -|eps|^2 / 2 - sum_i log|L_ii| - (d/2) log(2 pi)
+
+With ``g = grad log p(theta)`` and ``dlogq/dtheta = -L^{-T} eps``, the gradients used are::
+
+    path  = -g - T L^{-T} eps
+    STL:    d/dmu = path,   d/dL = tril(path eps^T)
+    plain:  d/dmu = -g,     d/dL = tril(-g eps^T) - T diag(1 / L_ii)
+
+Sticking the landing (``stl=True``, Roeder et al. 2017) treats *both* ``mu`` and ``L`` inside ``log q``
+as constants, so at ``q = p^{1/T}`` the gradient of both is zero for every draw. (posteriors 0.1.3
+detaches only ``L``; its mean gradient is non-zero there.) No Cholesky factorisation happens per step:
+one triangular solve, ``O(d^2)`` per draw.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from thermoai import tree as T
+from thermoai.bayes import adam as adam_mod
+from thermoai.bayes.vi._common import (
+    check_n_samples,
+    check_temperature,
+    draws_value_and_grad,
+    resolve_optimizer,
+)
+from thermoai.types import LogProbFn, Schedule, TensorTree, Transform, resolve_schedule
+
+__all__ = ["build", "VIDenseState", "init", "update", "nelbo", "sample", "L_from_flat", "L_to_flat"]
+
+
+def build(
+    log_posterior: LogProbFn,
+    optimizer: adam_mod.Optimizer | None = None,
+    temperature: Schedule = 1.0,
+    n_samples: int = 1,
+    stl: bool = True,
+    init_L: float | Tensor = 1.0,
+    lr: Schedule | None = None,
+) -> Transform:
+    """Full-covariance Gaussian VI as a :class:`~thermoai.types.Transform`.
+
+    Args:
+        log_posterior: ``log_posterior(params, batch) -> (scalar, aux)``.
+        optimizer: functional optimiser from :mod:`thermoai.bayes.adam`; or give ``lr`` instead.
+        temperature: ``T >= 0`` or a schedule.
+        n_samples: draws per NELBO estimate.
+        stl: sticking-the-landing gradients.
+        init_L: initial Cholesky factor: a number ``c`` (``L = c I``), a ``(d, d)`` lower-triangular
+            tensor or its flat ``(d(d+1)/2,)`` form. Its diagonal must be non-zero (``L L^T`` positive
+            definite).
+        lr: shorthand for ``optimizer=adam(lr=lr)``.
+    """
+    optimizer = resolve_optimizer(optimizer, lr)
+    check_temperature(temperature)
+    check_n_samples(n_samples)
+    if isinstance(init_L, (int, float)):
+        _check_scalar_L(init_L)
+
+    def _init(params: TensorTree, init_L: float | Tensor = init_L) -> VIDenseState:
+        return init(params, optimizer, init_L)
+
+    def _update(
+        state: VIDenseState,
+        batch: Any,
+        inplace: bool = False,
+        generator: torch.Generator | None = None,
+        temperature: Schedule = temperature,
+        n_samples: int = n_samples,
+        stl: bool = stl,
+    ) -> tuple[VIDenseState, Any]:
+        return update(state, batch, log_posterior, optimizer, temperature, n_samples, stl, inplace, generator)
+
+    return Transform(_init, _update)
+
+
+class VIDenseState(NamedTuple):
+    """State of dense VI.
+
+    Attributes:
+        params: the variational mean ``mu`` (tree like the parameters).
+        L_factor: flat lower triangle of ``L`` (``(d(d+1)/2,)``), ``cov = L L^T`` over ``tree_ravel(params)``.
+        opt_state: the optimiser's state over ``(params, L_factor)``.
+        nelbo: last NELBO estimate (0-d; NaN before the first update).
+        step: number of updates (0-d int64).
+    """
+
+    params: TensorTree
+    L_factor: Tensor
+    opt_state: Any
+    nelbo: Tensor
+    step: Tensor
+
+
+def L_from_flat(L_flat: Tensor) -> Tensor:
+    """The ``(d, d)`` lower-triangular matrix from its flat ``(d(d+1)/2,)`` lower triangle (row-major)."""
+    k = L_flat.shape[-1]
+    d = int(round((math.sqrt(8 * k + 1) - 1) / 2))
+    if d * (d + 1) // 2 != k:
+        raise ValueError(f"L_flat must have d(d+1)/2 elements for some d; got {k}")
+    # gather from [0, L_flat] (index 0 above the diagonal): no in-place write, so it also works under vmap
+    rows, cols = torch.tril_indices(d, d, device=L_flat.device)
+    index = torch.zeros((d, d), dtype=torch.long, device=L_flat.device)
+    index[rows, cols] = torch.arange(1, k + 1, device=L_flat.device)
+    padded = torch.cat([torch.zeros_like(L_flat[..., :1]), L_flat], dim=-1)
+    return padded[..., index]
+
+
+def L_to_flat(L: Tensor) -> Tensor:
+    """The flat lower triangle (row-major) of a ``(d, d)`` matrix; inverse of :func:`L_from_flat`."""
+    d = L.shape[-1]
+    rows, cols = torch.tril_indices(d, d, device=L.device)
+    return L[..., rows, cols]
+
+
+def init(params: TensorTree, optimizer: adam_mod.Optimizer | None = None, init_L: float | Tensor = 1.0) -> VIDenseState:
+    """A fresh state at mean ``params`` (copied) with factor ``init_L``; dtype/device follow params."""
+    optimizer = resolve_optimizer(optimizer, None, default_lr=1e-3)
+    mean = T.tree_map(lambda x: x.detach().clone(), params)
+    flat = T.tree_ravel(mean)
+    if not flat.is_floating_point():
+        raise TypeError(f"vi.dense: params must be floating-point tensors; got dtype {flat.dtype}")
+    d = flat.numel()
+    if isinstance(init_L, (int, float)):
+        _check_scalar_L(init_L)
+        L = float(init_L) * torch.eye(d, dtype=flat.dtype, device=flat.device)
+    elif isinstance(init_L, Tensor):
+        L = init_L.detach().to(dtype=flat.dtype, device=flat.device)
+        if L.ndim == 1:
+            if L.numel() != d * (d + 1) // 2:
+                raise ValueError(f"init_L (flat) must have d(d+1)/2 = {d * (d + 1) // 2} elements; got {L.numel()}")
+            L = L_from_flat(L)
+        if tuple(L.shape) != (d, d):
+            raise ValueError(f"init_L must be a ({d}, {d}) lower-triangular matrix; got shape {tuple(L.shape)}")
+        if not bool(torch.isfinite(L).all()):
+            raise ValueError("init_L has NaN or infinite entries")
+        if bool((torch.triu(L, 1) != 0).any()):
+            raise ValueError("init_L must be lower triangular (a Cholesky factor); it has entries above the diagonal")
+        if bool((torch.diagonal(L) == 0).any()):
+            raise ValueError("init_L must have a non-zero diagonal (L L^T positive definite); found a zero")
+    else:
+        raise TypeError(f"init_L must be a number or a tensor; got {type(init_L).__name__}")
+    L_flat = L_to_flat(L).clone()
+    return VIDenseState(
+        params=mean,
+        L_factor=L_flat,
+        opt_state=optimizer.init((mean, L_flat)),
+        nelbo=torch.full((), math.nan, dtype=flat.dtype, device=flat.device),
+        step=torch.zeros((), dtype=torch.int64, device=flat.device),
+    )
+
+
+def update(
+    state: VIDenseState,
+    batch: Any,
+    log_posterior: LogProbFn,
+    optimizer: adam_mod.Optimizer,
+    temperature: Schedule = 1.0,
+    n_samples: int = 1,
+    stl: bool = True,
+    inplace: bool = False,
+    generator: torch.Generator | None = None,
+) -> tuple[VIDenseState, Any]:
+    """One optimiser step on the NELBO; returns ``(state, aux)`` (``aux`` of the first draw)."""
+    temp = resolve_schedule(temperature, state.step, "temperature")
+    check_temperature(temp)
+    value, grads, aux = nelbo_and_grad(
+        state.params, state.L_factor, batch, log_posterior, temp, n_samples, stl, generator
+    )
+    (new_mean, new_L), new_opt = optimizer.update(grads, state.opt_state, (state.params, state.L_factor), inplace=inplace)
+    if inplace:
+        state.nelbo.copy_(value)
+        state.step.add_(1)
+        return state, aux
+    return VIDenseState(new_mean, new_L, new_opt, value.detach(), state.step + 1), aux
+
+
+def nelbo_and_grad(
+    mean: TensorTree,
+    L_flat: Tensor,
+    batch: Any,
+    log_posterior: LogProbFn,
+    temperature: float | Tensor = 1.0,
+    n_samples: int = 1,
+    stl: bool = True,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, tuple[TensorTree, Tensor], Any]:
+    """NELBO estimate and its gradient ``(d/dmu tree, d/dL_flat)`` (closed form, module docstring)."""
+    check_n_samples(n_samples)
+    mu, unravel = T.ravel(mean)
+    d = mu.numel()
+    if L_flat.ndim != 1 or L_flat.numel() != d * (d + 1) // 2:
+        raise ValueError(f"L_factor must be flat with d(d+1)/2 = {d * (d + 1) // 2} elements; got shape {tuple(L_flat.shape)}")
+    L = L_from_flat(L_flat)
+    eps = torch.randn((n_samples, d), dtype=mu.dtype, device=mu.device, generator=generator)
+    thetas = mu + eps @ L.mT  # (S, d)
+    log_p, g_tree, aux = draws_value_and_grad(log_posterior, unravel(thetas), batch)
+    g = torch.cat([x.reshape(n_samples, -1) for x in T.leaves(g_tree)], dim=1).to(mu.dtype)  # (S, d)
+
+    diag = torch.diagonal(L)
+    log_q = -0.5 * (eps * eps).sum(-1) - torch.log(diag.abs()).sum() - 0.5 * d * math.log(2 * math.pi)
+    value = (-log_p + temperature * log_q).mean()
+
+    if stl:
+        # L^{-T} eps for every draw: solve L^T X = eps^T
+        score_theta = torch.linalg.solve_triangular(L.mT, eps.mT, upper=True).mT  # (S, d)
+        path = -g - temperature * score_theta
+        grad_mu = path.mean(0)
+        grad_L = L_to_flat(path.mT @ eps / n_samples)
+    else:
+        grad_mu = -g.mean(0)
+        gL = -(g.mT @ eps) / n_samples
+        gL = gL - temperature * torch.diag_embed(1.0 / diag)
+        grad_L = L_to_flat(gL)
+    return value, (unravel(grad_mu), grad_L), aux
+
+
+def nelbo(
+    mean: TensorTree,
+    L_factor: Tensor,
+    batch: Any,
+    log_posterior: LogProbFn,
+    temperature: float = 1.0,
+    n_samples: int = 1,
+    stl: bool = True,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Any]:
+    """Monte Carlo NELBO at ``q = N(mean, L L^T)`` (``L_factor`` flat); returns ``(value, aux)``."""
+    value, _, aux = nelbo_and_grad(mean, L_factor, batch, log_posterior, temperature, n_samples, stl, generator)
+    return value, aux
+
+
+def sample(
+    state: VIDenseState, sample_shape: torch.Size | tuple[int, ...] = torch.Size([]), generator: torch.Generator | None = None
+) -> TensorTree:
+    """Draws from ``q``: a tree whose leaves have shape ``sample_shape + leaf.shape``."""
+    sample_shape = torch.Size(sample_shape)
+    mu, unravel = T.ravel(state.params)
+    L = L_from_flat(state.L_factor)
+    eps = torch.randn((*sample_shape, mu.numel()), dtype=mu.dtype, device=mu.device, generator=generator)
+    return unravel(mu + eps @ L.mT)
+
+
+def _check_scalar_L(init_L: float) -> None:
+    if not math.isfinite(init_L) or init_L == 0:
+        raise ValueError(f"init_L must be a finite non-zero number (L L^T positive definite); got {init_L}")
