@@ -4,9 +4,9 @@ A *tree* is any nesting of dicts, lists and tuples (and NamedTuples) whose leave
 thermoai.bayes algorithm works on trees, so a model's ``dict(model.named_parameters())`` and a plain
 tensor are both valid parameters.
 
-Fused arithmetic (``tree_add``, ``tree_axpy`` ...) goes through ``torch._foreach_*`` kernels: one call
-for all leaves instead of one Python-level op per leaf, which is what makes SGMCMC updates on models with
-many parameter tensors fast.
+Fused arithmetic (``tree_add``, ``tree_scale``, ``tree_lincomb``) goes through ``torch._foreach_*``
+kernels: one call for all leaves instead of one Python-level op per leaf, which is what makes updates on
+models with many parameter tensors fast.
 """
 
 from __future__ import annotations
@@ -235,3 +235,17 @@ def tree_all_finite(tree: TensorTree) -> bool:
     if bool(torch.isfinite(total)):
         return True
     return bool(torch.stack([torch.isfinite(x).all() for x in ls]).all())
+
+
+def check_floating_leaves(tree: TensorTree, name: str = "params") -> list[Tensor]:
+    """The leaves of ``tree``; ``ValueError`` if it has none, ``TypeError`` naming the leaf if one is not a
+    floating-point tensor (the parameters of every thermoai.bayes method must be)."""
+    ls = leaves(tree)
+    if not ls:
+        raise ValueError(f"{name} must be a tensor or a tree with at least one tensor leaf; got {tree!r}")
+    for i, leaf in enumerate(ls):
+        if not isinstance(leaf, Tensor):
+            raise TypeError(f"{name}: every leaf must be a torch.Tensor; leaf {i} is a {type(leaf).__name__}")
+        if not leaf.is_floating_point():
+            raise TypeError(f"{name}: every leaf must have a floating dtype; leaf {i} has {leaf.dtype}")
+    return ls

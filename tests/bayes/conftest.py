@@ -171,16 +171,6 @@ def stationary_cov(transition: Tensor, noise_cov: Tensor) -> Tensor:
     return torch.as_tensor(0.5 * (c + c.T), dtype=torch.float64)
 
 
-@pytest.fixture
-def single_thread():
-    """Run a test with one intra-op thread: the small batched problems here are latency-bound, and on a
-    loaded two-core machine OpenMP spin-waiting makes them tens of times slower with two threads."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # --------------------------------------------------------------------- contract checks for transforms
 
 def _quadratic(params, batch=None):

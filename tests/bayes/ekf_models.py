@@ -54,3 +54,22 @@ def log_likelihood(params, batch):
     x, y = batch
     r = y - x @ params["w"]
     return (-0.5 * r * r / NOISE_SD**2).sum(), torch.tensor([])
+
+
+def check_inplace_equals_functional(module, covariance, **build_kw):
+    """``inplace=True`` and ``False`` agree bit for bit over four batches (``lr`` a schedule); float64 params
+    give a float64 state, float32 params a float32 one; a fresh ``init`` starts at step 0. ``covariance``
+    picks the state's covariance field (``sd_diag`` leaf or ``cov``)."""
+    x, y = stream(40, 3, diagonal_design=False, seed=1)
+    transform = module.build(log_likelihood, lr=lambda t: 2.0 / (1 + float(t)), **build_kw)
+    s1 = transform.init({"w": torch.zeros(3, dtype=F64)})
+    s2 = transform.init({"w": torch.zeros(3, dtype=F64)})
+    for i in range(0, 40, 10):
+        s1, _ = transform.update(s1, (x[i : i + 10], y[i : i + 10]))
+        out, _ = transform.update(s2, (x[i : i + 10], y[i : i + 10]), inplace=True)
+        assert out is s2
+    assert torch.equal(covariance(s1), covariance(s2)) and torch.equal(s1.params["w"], s2.params["w"])
+    assert covariance(s1).dtype == F64 and s1.params["w"].dtype == F64 and s1.log_likelihood.dtype == F64
+    assert int(s1.step) == int(s2.step) == 4
+    assert int(transform.init({"w": torch.zeros(3, dtype=F64)}).step) == 0
+    assert covariance(transform.init({"w": torch.zeros(3)})).dtype == torch.float32

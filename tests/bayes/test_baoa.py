@@ -2,12 +2,9 @@
 
 import math
 
-import pytest
 import torch
 
 from thermoai.bayes.sgmcmc import baoa
-
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def build(log_posterior, **kw):

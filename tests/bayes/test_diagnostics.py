@@ -8,8 +8,6 @@ import torch
 from thermoai.bayes import diagnostics as D
 from thermoai.bayes.sgmcmc import sgld
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 def ar1(phi, chains, draws, dim=3, seed=0):
     """Stationary AR(1) chains x_t = phi x_{t-1} + sqrt(1 - phi^2) e_t (unit variance)."""

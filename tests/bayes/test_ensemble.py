@@ -7,8 +7,6 @@ import torch
 from thermoai.bayes import ensemble
 from thermoai.bayes.sgmcmc import baoa, psgld, sghmc, sgld, sgnht
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 def quadratic(p, batch=None):
     return -0.5 * sum(((v - 1.0) ** 2).sum() for v in p.values()), {"norm": sum((v**2).sum() for v in p.values())}

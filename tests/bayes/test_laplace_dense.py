@@ -20,15 +20,6 @@ F64 = torch.float64
 D = M.HIDDEN * M.D_IN + M.HIDDEN + M.C * M.HIDDEN
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny matrices: BLAS threads only contend on a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_dense_fisher_equals_brute_force_and_accepts_prior_forms():
     params, batch = M.make_problem()
     G = M.brute_per_sample_grads(params, batch)

@@ -5,8 +5,6 @@ import torch
 
 from thermoai.bayes.sgmcmc import psgld
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 def build(log_posterior, **kw):
     return psgld.build(log_posterior, **({"lr": 0.01} | kw))

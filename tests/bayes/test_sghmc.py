@@ -5,8 +5,6 @@ import torch
 
 from thermoai.bayes.sgmcmc import sghmc
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 def build(log_posterior, **kw):
     return sghmc.build(log_posterior, **({"lr": 0.01, "alpha": 1.0} | kw))

@@ -1,12 +1,9 @@
 """SGLD: exact moments on the dense 10-D Gaussian, the noise variance with beta, the shared contract."""
 
-
 import pytest
 import torch
 
 from thermoai.bayes.sgmcmc import sgld
-
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def build(log_posterior, **kw):

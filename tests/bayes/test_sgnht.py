@@ -5,8 +5,6 @@ import torch
 
 from thermoai.bayes.sgmcmc import sgnht
 
-pytestmark = pytest.mark.usefixtures("single_thread")
-
 
 def build(log_posterior, **kw):
     return sgnht.build(log_posterior, **({"lr": 0.01, "alpha": 1.0} | kw))

@@ -15,15 +15,6 @@ from thermoai.bayes.vi import dense
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny matrices: BLAS threads only contend on a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def normalised(tg):
     """The conftest target with its normalising constant, so that NELBO(q = p) = 0."""
     log_norm = -0.5 * torch.logdet(tg.cov) - 0.5 * tg.dim * math.log(2 * math.pi)

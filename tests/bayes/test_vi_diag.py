@@ -15,15 +15,6 @@ from thermoai.bayes.vi import diag
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny matrices: BLAS threads only contend on a shared 2-core machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def diag_gaussian(mean: dict, sd: dict):
     """Normalised log density of an independent Gaussian over a tree (leaves of any shape)."""
 

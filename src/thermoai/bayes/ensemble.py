@@ -3,7 +3,8 @@ r"""Ensembles: K members (or K parallel SGMCMC chains) advanced at once with ``t
 :func:`build` lifts a transform whose state is a NamedTuple of tensors and whose ``update`` works under
 ``torch.func.vmap`` (every :mod:`thermoai.bayes.sgmcmc` transform) to K members: the ensemble state is the
 member state with a leading dimension ``K`` on every tensor, and one ``update`` runs ``K`` member updates
-in a single vmapped call (``randomness="different"``: independent noise per member). Two conveniences follow the posteriors paper (Duffield et al., 2024, §4):
+in a single vmapped call (``randomness="different"``: independent noise per member). Two conveniences
+follow the posteriors paper (Duffield et al., 2024, §4):
 
 * :func:`deep_ensemble`: every member is SGHMC at ``temperature=0``, i.e. SGD with momentum started from
   its own initialisation: a deep ensemble.
@@ -168,10 +169,13 @@ def _check_members(state: Any, n: int) -> None:
 
 
 def _check_finite(state: Any) -> None:
+    """One host sync when all is finite (log posteriors and parameters together); the error path then
+    finds the culprit."""
     lp = getattr(state, "log_posterior", None)
+    params = getattr(state, "params", state)
+    if T.tree_all_finite((lp, params)):
+        return
     if lp is not None and not bool(torch.isfinite(lp).all()):
         bad = torch.nonzero(~torch.isfinite(lp)).flatten().tolist()
         raise ValueError(f"ensemble members {bad} have a non-finite log posterior; state left unchanged")
-    params = getattr(state, "params", state)
-    if not T.tree_all_finite(params):
-        raise ValueError("the ensemble's parameters became NaN/Inf (non-finite gradients); state left unchanged")
+    raise ValueError("the ensemble's parameters became NaN/Inf (non-finite gradients); state left unchanged")

@@ -56,7 +56,8 @@ def value_and_grad(
     """``(value, grad, aux)`` of ``log_prob`` at ``params`` via ``torch.func``, validated.
 
     ``grad`` has the structure of ``params``. With ``check_finite`` a NaN/Inf value or gradient raises a
-    ``ValueError`` before any state is touched (one host sync per call; switch off inside ``vmap``).
+    ``ValueError`` before any state is touched (one host sync per call when all is finite; skipped inside
+    ``vmap``/``grad`` transforms, where the value cannot be read).
     """
     f = checked(log_prob, name)
 
@@ -67,11 +68,11 @@ def value_and_grad(
     with torch.no_grad():
         # with has_aux, grad_and_value returns (grad, (output, aux of g)) and g already returns the value in its aux
         grads, (_, (value, aux)) = grad_and_value(g, has_aux=True)(params)
-    if check_finite and not _inside_transform(value):
+    if check_finite and not _inside_transform(value) and not T.tree_all_finite((value, grads)):
+        # value and gradient share the one sync above; only the error path tells them apart
         if not bool(torch.isfinite(value)):
             raise ValueError(f"{name} returned a non-finite value ({float(value)}); state left unchanged")
-        if not T.tree_all_finite(grads):
-            raise ValueError(f"the gradient of {name} has NaN or Inf entries; state left unchanged")
+        raise ValueError(f"the gradient of {name} has NaN or Inf entries; state left unchanged")
     return value, grads, aux
 
 

@@ -23,9 +23,10 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import Tensor
-from torch.func import jacrev, vmap
+from torch.func import vmap
 
 from thermoai import tree as T
+from thermoai.bayes.laplace._common import per_sample_jacobians
 from thermoai.types import TensorTree
 
 __all__ = [
@@ -120,7 +121,7 @@ def linearized_forward_diag(
     Jacobians held at once.
     """
     T.check_same_structure(params, sd_diag, "params", "sd_diag")
-    z, aux, jac = _per_sample_jacobians(forward, params, batch, chunk_size)
+    z, aux, jac = per_sample_jacobians(forward, params, batch, chunk_size)
     B, C = z.shape[0], z[0].numel()
     cov = torch.zeros((B, C, C), dtype=z.dtype, device=z.device)
     for j, s in zip(T.leaves(jac), T.leaves(sd_diag)):
@@ -142,7 +143,7 @@ def linearized_forward_dense(
     d = T.tree_size(params)
     if not isinstance(cov, Tensor) or tuple(cov.shape) != (d, d):
         raise ValueError(f"cov must be a ({d}, {d}) tensor over the ravelled params; got {getattr(cov, 'shape', type(cov))}")
-    z, aux, jac = _per_sample_jacobians(forward, params, batch, chunk_size)
+    z, aux, jac = per_sample_jacobians(forward, params, batch, chunk_size)
     B, C = z.shape[0], z[0].numel()
     J = torch.cat([x.reshape(B, C, -1) for x in T.leaves(jac)], dim=-1)
     out_cov = J @ cov.to(J.dtype) @ J.mT
@@ -157,25 +158,6 @@ def sample_linearized(
         raise ValueError(f"n_samples must be positive; got {n_samples}")
     eps = torch.randn((n_samples, *mean.shape), dtype=mean.dtype, device=mean.device, generator=generator)
     return mean + (chol @ eps.unsqueeze(-1)).squeeze(-1)
-
-
-def _per_sample_jacobians(
-    forward: Callable[[TensorTree, Any], tuple[Tensor, Any]], params: TensorTree, batch: Any, chunk_size: int | None
-) -> tuple[Tensor, Any, TensorTree]:
-    with torch.no_grad():
-        out = forward(params, batch)
-        if not (isinstance(out, tuple) and len(out) == 2):
-            raise ValueError(f"forward must return a pair (z, aux); got {type(out).__name__}")
-        z, aux = out
-        if not isinstance(z, Tensor) or z.ndim < 1:
-            raise ValueError("forward must return outputs z of shape (batch, *out)")
-
-        def one(sample: Any) -> TensorTree:
-            single = T.tree_map(lambda x: x.unsqueeze(0), sample)
-            return jacrev(lambda p: forward(p, single)[0].reshape(-1))(params)
-
-        jac = vmap(one, chunk_size=chunk_size)(batch)  # leaves (B, C, *shape)
-    return z, aux, jac
 
 
 def _chol(cov: Tensor, jitter: float) -> Tensor:

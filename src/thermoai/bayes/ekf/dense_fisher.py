@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from thermoai import tree as T
-from thermoai.bayes.laplace._common import as_dense_psd, check_finite, under_transform
+from thermoai.bayes.laplace._common import as_dense_psd, check_finite, check_per_sample_flag, under_transform
 from thermoai.bayes.log_prob import per_sample_grads
 from thermoai.types import LogProbFn, Schedule, TensorTree, Transform, check_non_negative, check_scalar_value, resolve_schedule
 
@@ -50,8 +50,7 @@ def build(
         check_non_negative(init_cov, "init_cov", strictly=True)
     if isinstance(transition_cov, (int, float)):
         check_non_negative(transition_cov, "transition_cov")
-    if not isinstance(per_sample, bool):
-        raise TypeError(f"per_sample must be True or False; got {per_sample!r}")
+    check_per_sample_flag(per_sample)
 
     def _init(params: TensorTree, init_cov: Any = init_cov) -> EKFDenseState:
         return init(params, init_cov)
@@ -82,10 +81,9 @@ class EKFDenseState(NamedTuple):
 
 def init(params: TensorTree, init_cov: float | Tensor = 1.0) -> EKFDenseState:
     """Fresh state at mean ``params`` (copied) with covariance ``init_cov`` (positive definite)."""
+    T.check_floating_leaves(params)
     mean = T.tree_map(lambda x: x.detach().clone(), params)
     flat = T.tree_ravel(mean)
-    if not flat.is_floating_point():
-        raise TypeError(f"params must be floating-point tensors; got dtype {flat.dtype}")
     if isinstance(init_cov, (int, float)):
         check_non_negative(init_cov, "init_cov", strictly=True)
     cov = as_dense_psd(init_cov, flat.numel(), flat, "init_cov")
@@ -113,7 +111,15 @@ def update(
     check_scalar_value(step_lr, "lr")
     mean, unravel = T.ravel(state.params)
     d = mean.numel()
-    cov_pred = state.cov + as_dense_psd(transition_cov, d, state.cov, "transition_cov")
+    if isinstance(transition_cov, (int, float)):
+        # c I: add c to the diagonal instead of building and adding a (d, d) matrix every step
+        check_non_negative(transition_cov, "transition_cov")
+        cov_pred = state.cov
+        if transition_cov:
+            cov_pred = state.cov.clone()
+            cov_pred.diagonal().add_(float(transition_cov))
+    else:
+        cov_pred = state.cov + as_dense_psd(transition_cov, d, state.cov, "transition_cov")
     values, grads = per_sample_grads(log_likelihood, state.params, batch, per_sample_fn=per_sample, name="log_likelihood")
     B = values.shape[0]
     G = torch.cat([x.reshape(B, -1) for x in T.leaves(grads)], dim=1).to(state.cov.dtype)

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from thermoai import tree as T
-from thermoai.bayes.laplace._common import check_finite
+from thermoai.bayes.laplace._common import check_finite, check_per_sample_flag
 from thermoai.bayes.log_prob import per_sample_grads
 from thermoai.types import LogProbFn, Schedule, TensorTree, Transform, check_non_negative, check_scalar_value, resolve_schedule
 
@@ -47,8 +47,7 @@ def build(
     check_non_negative(lr, "lr")
     _check_positive_or_tree(transition_sd, "transition_sd", strictly=False)
     _check_positive_or_tree(init_sds, "init_sds", strictly=True)
-    if not isinstance(per_sample, bool):
-        raise TypeError(f"per_sample must be True or False; got {per_sample!r}")
+    check_per_sample_flag(per_sample)
 
     def _init(params: TensorTree, init_sds: Any = init_sds) -> EKFDiagState:
         return init(params, init_sds)
@@ -80,16 +79,13 @@ class EKFDiagState(NamedTuple):
 def init(params: TensorTree, init_sds: float | TensorTree = 1.0) -> EKFDiagState:
     """Fresh state at mean ``params`` (copied) with sds ``init_sds``; dtype/device follow params."""
     _check_positive_or_tree(init_sds, "init_sds", strictly=True)
+    ref = T.check_floating_leaves(params)[0]
     mean = T.tree_map(lambda x: x.detach().clone(), params)
-    ls = T.leaves(mean)
-    if not ls or not all(x.is_floating_point() for x in ls):
-        raise TypeError("params must be a non-empty tree of floating-point tensors")
-    sds = _like(mean, init_sds, "init_sds")
     return EKFDiagState(
         params=mean,
-        sd_diag=sds,
-        log_likelihood=torch.full((), float("nan"), dtype=ls[0].dtype, device=ls[0].device),
-        step=torch.zeros((), dtype=torch.int64, device=ls[0].device),
+        sd_diag=_like(mean, init_sds, "init_sds"),
+        log_likelihood=torch.full((), float("nan"), dtype=ref.dtype, device=ref.device),
+        step=torch.zeros((), dtype=torch.int64, device=ref.device),
     )
 
 
@@ -113,8 +109,11 @@ def update(
     check_finite(fisher, "the per-sample gradients of log_likelihood have NaN or Inf entries; state left unchanged")
 
     sd = T.leaves(state.sd_diag)
-    tsd = T.leaves(_like(state.params, transition_sd, "transition_sd"))
-    var_pred = [s * s + t * t for s, t in zip(sd, tsd)]
+    if _is_scalar(transition_sd):
+        var_pred = [s * s + float(transition_sd) ** 2 for s in sd]
+    else:
+        tsd = T.leaves(_like(state.params, transition_sd, "transition_sd"))
+        var_pred = [s * s + t * t for s, t in zip(sd, tsd)]
     var_new = [1.0 / (1.0 / v + step_lr * f) for v, f in zip(var_pred, fisher)]
     delta = [step_lr * v * m for v, m in zip(var_new, mean_g)]
     ll = values.mean().detach()
@@ -143,15 +142,20 @@ def sample(
     return T.tree_map(draw, state.params, state.sd_diag)
 
 
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (int, float)) or (isinstance(value, Tensor) and value.numel() == 1)
+
+
 def _like(params: TensorTree, value: float | TensorTree, name: str) -> TensorTree:
-    if isinstance(value, (int, float)) or (isinstance(value, Tensor) and value.numel() == 1):
+    """``value`` (a number or a tree like ``params``) as a tree of tensors like ``params``."""
+    if _is_scalar(value):
         return T.tree_map(lambda x: torch.full_like(x, float(value)), params)
     T.check_same_structure(params, value, "params", name)
     return T.tree_map(lambda x, v: v.detach().to(dtype=x.dtype, device=x.device).clone(), params, value)
 
 
 def _check_positive_or_tree(value: Any, name: str, strictly: bool) -> None:
-    if isinstance(value, (int, float)) or (isinstance(value, Tensor) and value.numel() == 1):
+    if _is_scalar(value):
         check_non_negative(value, name, strictly=strictly)
         return
     for leaf in T.leaves(value):

@@ -6,21 +6,42 @@ from typing import Any, Callable
 
 import torch
 from torch import Tensor
-from torch.func import grad, jvp, vmap
+from torch.func import grad, jacrev, jvp, vmap
 
 from thermoai import tree as T
 from thermoai.types import TensorTree, check_non_negative
 
 
-def check_params(params: TensorTree, name: str = "params") -> None:
-    ls = T.leaves(params)
-    if not ls:
-        raise ValueError(f"{name} is an empty tree")
-    for leaf in ls:
-        if not isinstance(leaf, Tensor):
-            raise TypeError(f"{name} must be a tree of tensors; found a leaf of type {type(leaf).__name__}")
-        if not leaf.is_floating_point():
-            raise TypeError(f"{name} must hold floating-point tensors; found dtype {leaf.dtype}")
+def check_per_sample_flag(per_sample: Any) -> None:
+    if not isinstance(per_sample, bool):
+        raise TypeError(f"per_sample must be True or False; got {per_sample!r}")
+
+
+def forward_outputs(forward: Callable[..., Any], params: TensorTree, batch: Any) -> tuple[Tensor, Any]:
+    """``(z, aux) = forward(params, batch)`` with ``z`` checked to be a ``(B, *out)`` tensor (GGN variants)."""
+    out = forward(params, batch)
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise ValueError(f"forward must return a pair (z, aux); got {type(out).__name__}")
+    z, aux = out
+    if not isinstance(z, Tensor) or z.ndim < 1:
+        raise ValueError("forward must return outputs z of shape (batch, *out)")
+    return z, aux
+
+
+def per_sample_jacobians(
+    forward: Callable[..., Any], params: TensorTree, batch: Any, chunk_size: int | None = None
+) -> tuple[Tensor, Any, TensorTree]:
+    """``(z, aux, jac)``: the outputs ``z`` ``(B, *out)`` and ``aux`` of ``forward(params, batch)``, and the
+    Jacobian of each sample's flattened outputs (the sample run as a batch of one), leaves
+    ``(B, C, *leaf.shape)`` with ``C = prod(out)``; vmapped over samples, ``chunk_size`` at a time."""
+    with torch.no_grad():
+        z, aux = forward_outputs(forward, params, batch)
+
+        def one(sample: Any) -> TensorTree:
+            return jacrev(lambda p: forward(p, single(sample))[0].reshape(-1))(params)
+
+        jac = vmap(one, chunk_size=chunk_size)(batch)
+    return z, aux, jac
 
 
 def diag_init(params: TensorTree, init_prec_diag: Any, prior_precision: Any) -> TensorTree:

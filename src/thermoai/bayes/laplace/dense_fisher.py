@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from thermoai import tree as T
-from thermoai.bayes.laplace._common import check_finite, check_params, dense_init
+from thermoai.bayes.laplace._common import check_finite, check_per_sample_flag, dense_init
 from thermoai.bayes.log_prob import per_sample_grads
 from thermoai.types import LogProbFn, TensorTree, Transform, check_non_negative
 
@@ -39,8 +39,7 @@ def build(
         init_prec: starting precision: number ``c`` (``c I``), ``(d,)`` diagonal or ``(d, d)`` PSD matrix.
         prior_precision: prior precision added to the precision (same forms, >= 0 / PSD).
     """
-    if not isinstance(per_sample, bool):
-        raise TypeError(f"per_sample must be True or False; got {per_sample!r}")
+    check_per_sample_flag(per_sample)
 
     def _init(params: TensorTree, init_prec: Any = init_prec, prior_precision: Any = prior_precision) -> DenseLaplaceState:
         return init(params, init_prec, prior_precision)
@@ -67,7 +66,7 @@ class DenseLaplaceState(NamedTuple):
 
 def init(params: TensorTree, init_prec: Any = 0.0, prior_precision: Any = 0.0) -> DenseLaplaceState:
     """Fresh state: mode ``params`` (copied), precision ``init_prec + prior_precision`` (params' dtype/device)."""
-    check_params(params)
+    T.check_floating_leaves(params)
     mode = T.tree_map(lambda x: x.detach().clone(), params)
     flat = T.tree_ravel(mode)
     return DenseLaplaceState(

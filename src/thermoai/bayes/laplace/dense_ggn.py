@@ -16,9 +16,8 @@ from typing import Any, Callable
 
 import torch
 from torch import Tensor
-from torch.func import jacrev, vmap
 
-from thermoai.bayes.laplace._common import output_hessian_blocks, single
+from thermoai.bayes.laplace._common import output_hessian_blocks, per_sample_jacobians
 from thermoai.bayes.laplace.dense_fisher import DenseLaplaceState, accumulate, flat_rows, init, sample
 from thermoai.types import ForwardFn, TensorTree, Transform
 
@@ -68,20 +67,10 @@ def dense_ggn(
     batch: Any,
 ) -> tuple[Tensor, Any]:
     """``sum_i J_i^T H_i J_i`` as a ``(d, d)`` matrix and the ``aux`` of ``forward``."""
+    z, aux, jac = per_sample_jacobians(forward, params, batch)  # jac leaves (B, C, *shape)
     with torch.no_grad():
-        out = forward(params, batch)
-        if not (isinstance(out, tuple) and len(out) == 2):
-            raise ValueError(f"forward must return a pair (z, aux); got {type(out).__name__}")
-        z, aux = out
-        if not isinstance(z, Tensor) or z.ndim < 1:
-            raise ValueError("forward must return outputs z of shape (batch, *out)")
         B = z.shape[0]
         H = output_hessian_blocks(outer_log_likelihood, z, batch)  # (B, C, C)
-
-        def one(sample: Any) -> TensorTree:
-            return jacrev(lambda p: forward(p, single(sample))[0].reshape(-1))(params)
-
-        jac = vmap(one)(batch)  # leaves (B, C, *shape)
         C = H.shape[-1]
         J = flat_rows(jac, B * C).reshape(B, C, -1)
         return torch.einsum("bcd,bce,bef->df", J, H.to(J.dtype), J), aux

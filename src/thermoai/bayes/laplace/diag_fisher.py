@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from thermoai import tree as T
-from thermoai.bayes.laplace._common import check_finite, check_params, diag_init, under_transform
+from thermoai.bayes.laplace._common import check_finite, check_per_sample_flag, diag_init, under_transform
 from thermoai.bayes.log_prob import per_sample_grads
 from thermoai.types import LogProbFn, TensorTree, Transform, check_non_negative
 
@@ -43,7 +43,7 @@ def build(
         init_prec_diag: starting precision (number or tree like params, >= 0).
         prior_precision: prior precision added to the precision (number or tree, >= 0).
     """
-    _check_flag(per_sample)
+    check_per_sample_flag(per_sample)
 
     def _init(params: TensorTree, init_prec_diag: Any = init_prec_diag, prior_precision: Any = prior_precision) -> DiagLaplaceState:
         return init(params, init_prec_diag, prior_precision)
@@ -70,9 +70,8 @@ class DiagLaplaceState(NamedTuple):
 
 def init(params: TensorTree, init_prec_diag: Any = 0.0, prior_precision: Any = 0.0) -> DiagLaplaceState:
     """Fresh state: mode ``params`` (detached copy), precision ``init_prec_diag + prior_precision``."""
-    check_params(params)
+    ref = T.check_floating_leaves(params)[0]
     mode = T.tree_map(lambda x: x.detach().clone(), params)
-    ref = T.leaves(mode)[0]
     return DiagLaplaceState(
         params=mode,
         prec_diag=diag_init(mode, init_prec_diag, prior_precision),
@@ -92,7 +91,7 @@ def update(
     Returns ``(state, values)`` where ``values`` ``(B,)`` are the per-sample log posterior values (the
     ``aux`` slot).
     """
-    _check_flag(per_sample)
+    check_per_sample_flag(per_sample)
     values, grads = per_sample_grads(log_posterior, state.params, batch, per_sample_fn=per_sample, name="log_posterior")
     # per-sample gradients are fresh buffers: square in place (no second B x P buffer) unless vmap
     # returned an expanded view (a leaf whose gradient does not depend on the sample)
@@ -143,8 +142,3 @@ def sample(
         return m + e * (scale * torch.rsqrt(p))
 
     return T.tree_map(draw, state.params, state.prec_diag)
-
-
-def _check_flag(per_sample: Any) -> None:
-    if not isinstance(per_sample, bool):
-        raise TypeError(f"per_sample must be True or False; got {per_sample!r}")

@@ -28,7 +28,7 @@ from torch import Tensor
 from torch.func import vjp, vmap
 
 from thermoai import tree as T
-from thermoai.bayes.laplace._common import check_finite, output_hessian_blocks, single
+from thermoai.bayes.laplace._common import check_finite, forward_outputs, output_hessian_blocks, single
 from thermoai.bayes.laplace.diag_fisher import DiagLaplaceState, _accumulate, init, sample
 from thermoai.types import ForwardFn, TensorTree, Transform
 
@@ -82,12 +82,7 @@ def diag_ggn(
 ) -> tuple[TensorTree, Any]:
     """``diag(sum_i J_i^T H_i J_i)`` as a tree like ``params`` and the ``aux`` of ``forward``."""
     with torch.no_grad():
-        out = forward(params, batch)
-        if not (isinstance(out, tuple) and len(out) == 2):
-            raise ValueError(f"forward must return a pair (z, aux); got {type(out).__name__}")
-        z, aux = out
-        if not isinstance(z, Tensor) or z.ndim < 1:
-            raise ValueError("forward must return outputs z of shape (batch, *out)")
+        z, aux = forward_outputs(forward, params, batch)
         H = output_hessian_blocks(outer_log_likelihood, z, batch)  # (B, C, C)
         lam, U = torch.linalg.eigh(H)  # ascending eigenvalues, orthonormal columns
         C = H.shape[-1]

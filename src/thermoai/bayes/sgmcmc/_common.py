@@ -33,19 +33,6 @@ def value_and_grad(log_posterior: Any, params: TensorTree, batch: Any) -> tuple[
     return log_prob.value_and_grad(log_posterior, params, batch)
 
 
-def check_params(params: TensorTree, name: str = "params") -> list[Tensor]:
-    """The leaves of ``params``; ``TypeError``/``ValueError`` naming the problem if they cannot be sampled."""
-    ls = T.leaves(params)
-    if not ls:
-        raise ValueError(f"{name} must be a tensor or a tree with at least one tensor leaf; got {params!r}")
-    for i, leaf in enumerate(ls):
-        if not isinstance(leaf, Tensor):
-            raise TypeError(f"{name}: every leaf must be a torch.Tensor; leaf {i} is a {type(leaf).__name__}")
-        if not leaf.is_floating_point():
-            raise TypeError(f"{name}: every leaf must have a floating dtype; leaf {i} has {leaf.dtype}")
-    return ls
-
-
 def check_hyper(**values: Schedule) -> None:
     """Validate constant hyper-parameters (``name=value``): finite and non-negative."""
     for name, value in values.items():
@@ -165,6 +152,16 @@ def scalar_like(leaf: Tensor, value: float) -> Tensor:
 def zero_step(leaf: Tensor) -> Tensor:
     """A fresh step counter (never shared between states: see research note, defect 4)."""
     return torch.zeros((), dtype=torch.int64, device=leaf.device)
+
+
+def initial_momenta(
+    params: TensorTree, momenta: Any, sigma: float, temperature: Schedule, step: Tensor,
+    generator: torch.Generator | None,
+) -> TensorTree:
+    """Momenta of a fresh SGHMC-family state: ``None`` draws ``N(0, T sigma^2 I)`` with ``T`` the
+    temperature at ``step`` (zero at ``T = 0``: the stationary momentum law); otherwise :func:`momenta_like`."""
+    std = sigma * sqrt(resolve(temperature, step, "temperature")) if momenta is None else 0.0
+    return momenta_like(params, momenta, float(std), generator)
 
 
 def momenta_like(

@@ -65,12 +65,10 @@ def init(
     generator: torch.Generator | None = None,
 ) -> BAOAState:
     """A fresh state at ``params`` (held, not copied); momenta as in SGHMC."""
-    first = C.check_params(params)[0]
+    first = T.check_floating_leaves(params)[0]
     step = C.zero_step(first)
-    std = sigma * C.sqrt(C.resolve(temperature, step, "temperature")) if momenta is None else 0.0
-    return BAOAState(
-        params, C.momenta_like(params, momenta, float(std), generator), C.scalar_like(first, float("nan")), step
-    )
+    momenta = C.initial_momenta(params, momenta, sigma, temperature, step, generator)
+    return BAOAState(params, momenta, C.scalar_like(first, float("nan")), step)
 
 
 def update(

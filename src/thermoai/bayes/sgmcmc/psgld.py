@@ -67,7 +67,7 @@ class PSGLDState(NamedTuple):
 
 def init(params: TensorTree) -> PSGLDState:
     """A fresh state at ``params`` (held, not copied)."""
-    first = C.check_params(params)[0]
+    first = T.check_floating_leaves(params)[0]
     return PSGLDState(
         params, T.tree_map(torch.zeros_like, params), C.scalar_like(first, float("nan")), C.zero_step(first)
     )
@@ -95,7 +95,7 @@ def update(
         v = T.leaves(state.square_avg)
         fused = not C.is_wrapped(v[0]) and not C.is_wrapped(g[0])
         # bias correction 1 / (1 - decay^(t+1)) from the step counter, kept on device (no host sync)
-        adapted = state.step + 1 if freeze_after is None else torch.clamp(state.step + 1, max=max(freeze_after, 1))
+        adapted = state.step + 1 if freeze_after is None else torch.clamp(state.step + 1, max=freeze_after)
         correction = 1.0 / (1.0 - decay ** adapted.to(v[0].dtype)) if decay > 0 else None
         if freeze_after is not None:
             # keep (1 - w) v + w g^2 with w = 0 once frozen; per-step weights stay tensors on device

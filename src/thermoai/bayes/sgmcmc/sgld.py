@@ -51,7 +51,7 @@ class SGLDState(NamedTuple):
 
 def init(params: TensorTree) -> SGLDState:
     """A fresh state at ``params`` (held, not copied: ``inplace=True`` updates write into them)."""
-    first = C.check_params(params)[0]
+    first = T.check_floating_leaves(params)[0]
     return SGLDState(params, C.scalar_like(first, float("nan")), C.zero_step(first))
 
 

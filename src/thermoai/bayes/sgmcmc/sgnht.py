@@ -75,17 +75,11 @@ def init(
     generator: torch.Generator | None = None,
 ) -> SGNHTState:
     """A fresh state at ``params`` (held, not copied). ``xi=None`` starts the thermostat at ``alpha``."""
-    first = C.check_params(params)[0]
+    first = T.check_floating_leaves(params)[0]
     step = C.zero_step(first)
-    std = sigma * C.sqrt(C.resolve(temperature, step, "temperature")) if momenta is None else 0.0
+    momenta = C.initial_momenta(params, momenta, sigma, temperature, step, generator)
     xi0 = alpha if xi is None else xi
-    return SGNHTState(
-        params,
-        C.momenta_like(params, momenta, float(std), generator),
-        C.scalar_like(first, float(xi0)),
-        C.scalar_like(first, float("nan")),
-        step,
-    )
+    return SGNHTState(params, momenta, C.scalar_like(first, float(xi0)), C.scalar_like(first, float("nan")), step)
 
 
 def update(

@@ -1,8 +1,9 @@
-"""Pieces shared by diagonal and dense VI: argument checks, noise and per-draw gradients."""
+"""Pieces shared by diagonal and dense VI: argument checks, the bound ``update``, the next state, noise and
+per-draw gradients."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -10,9 +11,9 @@ from torch.func import vmap
 
 from thermoai import tree as T
 from thermoai.bayes import adam as adam_mod
-from thermoai.bayes.laplace._common import check_finite
+from thermoai.bayes.laplace._common import under_transform
 from thermoai.bayes.log_prob import value_and_grad
-from thermoai.types import LogProbFn, Schedule, TensorTree, check_non_negative, check_scalar_value
+from thermoai.types import LogProbFn, Schedule, TensorTree, check_non_negative
 
 
 def resolve_optimizer(
@@ -40,10 +41,31 @@ def resolve_optimizer(
     return optimizer
 
 
+def bind_update(
+    update: Callable[..., Any], log_posterior: LogProbFn, optimizer: adam_mod.Optimizer, temperature: Schedule,
+    n_samples: int, stl: bool,
+) -> Callable[..., Any]:
+    """``update(state, batch, inplace=False, generator=None, temperature=, n_samples=, stl=)`` with the
+    build-time values as defaults (the ``update`` of both VI transforms)."""
+
+    def bound(
+        state: Any,
+        batch: Any,
+        inplace: bool = False,
+        generator: torch.Generator | None = None,
+        temperature: Schedule = temperature,
+        n_samples: int = n_samples,
+        stl: bool = stl,
+    ) -> tuple[Any, Any]:
+        return update(state, batch, log_posterior, optimizer, temperature, n_samples, stl, inplace, generator)
+
+    return bound
+
+
 def check_temperature(temperature: Schedule | float | Tensor) -> None:
+    """A constant (or a schedule's value) must be finite and >= 0; anything else must be a schedule."""
     if isinstance(temperature, (int, float, Tensor)):
         check_non_negative(temperature, "temperature")
-        check_scalar_value(temperature, "temperature")
     elif not callable(temperature):
         raise TypeError(f"temperature must be a number or a schedule; got {type(temperature).__name__}")
 
@@ -51,6 +73,17 @@ def check_temperature(temperature: Schedule | float | Tensor) -> None:
 def check_n_samples(n_samples: int) -> None:
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be a positive integer; got {n_samples!r}")
+
+
+def next_state(state: Any, params: TensorTree, second: Any, opt_state: Any, nelbo: Tensor, inplace: bool) -> Any:
+    """The state after one optimiser step, for both VI states (fields ``params``, the covariance
+    parameter, ``opt_state``, ``nelbo``, ``step`` in that order). In place, the optimiser has already
+    written ``params``/``second``/``opt_state`` into ``state``'s tensors; only ``nelbo`` and ``step`` remain."""
+    if inplace:
+        state.nelbo.copy_(nelbo)
+        state.step.add_(1)
+        return state
+    return type(state)(params, second, opt_state, nelbo.detach(), state.step + 1)
 
 
 def standard_normal_like(tree: TensorTree, n: int, generator: torch.Generator | None) -> TensorTree:
@@ -78,7 +111,12 @@ def draws_value_and_grad(
         return value_and_grad(log_posterior, theta, batch, check_finite=False)
 
     values, grads, auxs = vmap(one, randomness="different")(thetas)
-    check_finite([values], "log_posterior returned a non-finite value (NaN or Inf) at a draw from q; state left unchanged")
-    check_finite(T.leaves(grads), "the gradient of log_posterior has NaN or Inf entries at a draw from q; state left unchanged")
+    # one host sync for values and gradients together; the error path tells them apart
+    if not under_transform(values) and not T.tree_all_finite((values, grads)):
+        if not T.tree_all_finite(values):
+            raise ValueError(
+                "log_posterior returned a non-finite value (NaN or Inf) at a draw from q; state left unchanged"
+            )
+        raise ValueError("the gradient of log_posterior has NaN or Inf entries at a draw from q; state left unchanged")
     aux = T.tree_map(lambda x: x[0], auxs)
     return values, grads, aux

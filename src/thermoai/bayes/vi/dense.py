@@ -30,9 +30,11 @@ from torch import Tensor
 from thermoai import tree as T
 from thermoai.bayes import adam as adam_mod
 from thermoai.bayes.vi._common import (
+    bind_update,
     check_n_samples,
     check_temperature,
     draws_value_and_grad,
+    next_state,
     resolve_optimizer,
 )
 from thermoai.types import LogProbFn, Schedule, TensorTree, Transform, resolve_schedule
@@ -71,18 +73,7 @@ def build(
     def _init(params: TensorTree, init_L: float | Tensor = init_L) -> VIDenseState:
         return init(params, optimizer, init_L)
 
-    def _update(
-        state: VIDenseState,
-        batch: Any,
-        inplace: bool = False,
-        generator: torch.Generator | None = None,
-        temperature: Schedule = temperature,
-        n_samples: int = n_samples,
-        stl: bool = stl,
-    ) -> tuple[VIDenseState, Any]:
-        return update(state, batch, log_posterior, optimizer, temperature, n_samples, stl, inplace, generator)
-
-    return Transform(_init, _update)
+    return Transform(_init, bind_update(update, log_posterior, optimizer, temperature, n_samples, stl))
 
 
 class VIDenseState(NamedTuple):
@@ -127,10 +118,9 @@ def L_to_flat(L: Tensor) -> Tensor:
 def init(params: TensorTree, optimizer: adam_mod.Optimizer | None = None, init_L: float | Tensor = 1.0) -> VIDenseState:
     """A fresh state at mean ``params`` (copied) with factor ``init_L``; dtype/device follow params."""
     optimizer = resolve_optimizer(optimizer, None, default_lr=1e-3)
+    T.check_floating_leaves(params)
     mean = T.tree_map(lambda x: x.detach().clone(), params)
     flat = T.tree_ravel(mean)
-    if not flat.is_floating_point():
-        raise TypeError(f"vi.dense: params must be floating-point tensors; got dtype {flat.dtype}")
     d = flat.numel()
     if isinstance(init_L, (int, float)):
         _check_scalar_L(init_L)
@@ -179,11 +169,7 @@ def update(
         state.params, state.L_factor, batch, log_posterior, temp, n_samples, stl, generator
     )
     (new_mean, new_L), new_opt = optimizer.update(grads, state.opt_state, (state.params, state.L_factor), inplace=inplace)
-    if inplace:
-        state.nelbo.copy_(value)
-        state.step.add_(1)
-        return state, aux
-    return VIDenseState(new_mean, new_L, new_opt, value.detach(), state.step + 1), aux
+    return next_state(state, new_mean, new_L, new_opt, value, inplace), aux
 
 
 def nelbo_and_grad(

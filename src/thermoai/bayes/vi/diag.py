@@ -36,11 +36,13 @@ from torch import Tensor
 from thermoai import tree as T
 from thermoai.bayes import adam as adam_mod
 from thermoai.bayes.vi._common import (
+    bind_update,
+    check_n_samples,
     check_temperature,
     draws_value_and_grad,
+    next_state,
     resolve_optimizer,
     standard_normal_like,
-    check_n_samples,
 )
 from thermoai.types import LogProbFn, Schedule, TensorTree, Transform, resolve_schedule
 
@@ -76,18 +78,7 @@ def build(
     def _init(params: TensorTree, init_log_sds: float | TensorTree = init_log_sds) -> VIDiagState:
         return init(params, optimizer, init_log_sds)
 
-    def _update(
-        state: VIDiagState,
-        batch: Any,
-        inplace: bool = False,
-        generator: torch.Generator | None = None,
-        temperature: Schedule = temperature,
-        n_samples: int = n_samples,
-        stl: bool = stl,
-    ) -> tuple[VIDiagState, Any]:
-        return update(state, batch, log_posterior, optimizer, temperature, n_samples, stl, inplace, generator)
-
-    return Transform(_init, _update)
+    return Transform(_init, bind_update(update, log_posterior, optimizer, temperature, n_samples, stl))
 
 
 class VIDiagState(NamedTuple):
@@ -114,17 +105,14 @@ def init(
     """A fresh state at mean ``params`` (copied) and ``log sigma = init_log_sds``; dtype/device follow params."""
     optimizer = resolve_optimizer(optimizer, None, default_lr=1e-3)
     _check_log_sds(init_log_sds)
+    ref = T.check_floating_leaves(params)[0]
     mean = T.tree_map(lambda x: x.detach().clone(), params)
-    for leaf in T.leaves(mean):
-        if not leaf.is_floating_point():
-            raise TypeError(f"vi.diag: params must be floating-point tensors; got a leaf of dtype {leaf.dtype}")
     if isinstance(init_log_sds, (int, float)):
         log_sds = T.tree_map(lambda x: torch.full_like(x, float(init_log_sds)), mean)
     else:
         T.check_same_structure(mean, init_log_sds, "params", "init_log_sds")
         log_sds = T.tree_map(lambda x, y: y.detach().to(dtype=x.dtype, device=x.device).clone(), mean, init_log_sds)
     opt_state = optimizer.init((mean, log_sds))
-    ref = T.leaves(mean)[0] if T.leaves(mean) else torch.zeros(())
     return VIDiagState(
         params=mean,
         log_sd_diag=log_sds,
@@ -157,11 +145,7 @@ def update(
     (new_mean, new_log_sds), new_opt = optimizer.update(
         grads, state.opt_state, (state.params, state.log_sd_diag), inplace=inplace
     )
-    if inplace:
-        state.nelbo.copy_(value)
-        state.step.add_(1)
-        return state, aux
-    return VIDiagState(new_mean, new_log_sds, new_opt, value.detach(), state.step + 1), aux
+    return next_state(state, new_mean, new_log_sds, new_opt, value, inplace), aux
 
 
 def nelbo_and_grad(
