@@ -1,0 +1,341 @@
+r"""A thermodynamic device: physical parameters, non-idealities, and time/energy accounting.
+
+The model is a stochastic processing unit (SPU) in the sense of Melanson et al., "Thermodynamic computing
+system for AI applications", Nat. Commun. 16, 3757 (2025), arXiv 2312.04836: ``n_cells`` analog unit
+cells, all-to-all coupled through programmable couplings, each with an injected Gaussian noise source
+and read out through an ADC. Its state ``x`` (in *state units*: one unit is ``full_scale_voltage`` volts
+on a cell) follows the overdamped OU dynamics of :mod:`thermoai.thermo.ou` in device time
+``s = t / time_constant``::
+
+    dx = -A (x - b) ds + sqrt(D_eff) dW_s,    D_eff = noise_scale^2 D + 2 sigma_th^2 I,
+
+so ``A`` is in units of 1 / time_constant (a coupling of 1 relaxes in one time constant) and
+``sigma_th^2 = k_B T / (C V_fs^2)`` is the kT/C thermal floor of a cell (negligible at the defaults:
+4e-12 state units^2).
+
+Non-idealities, each with an error model that the tests check:
+
+* **Programming** (:meth:`Device.program`): a matrix or vector is scaled so its largest entry uses the
+  DAC's full scale, rounded to ``dac_bits`` signed bits (step ``q = max|M| / (2^(bits-1) - 1)``; error
+  uniform in [-q/2, q/2], variance ``q^2 / 12``; or unbiased stochastic rounding), then every entry is
+  multiplied by ``1 + mismatch * eps`` with ``eps ~ N(0, 1)``: the relative spread of the physical
+  couplings. The mismatch pattern is a property of the chip: it is drawn from ``seed``, per cell pair,
+  so the same device gives the same errors each time it is programmed. A symmetric matrix uses one
+  physical coupling per cell pair and stays symmetric.
+* **Reading** (:meth:`Device.read`): readout noise ``N(0, readout_noise^2)``, clipping to
+  ``[-adc_range, adc_range]`` and rounding to ``adc_bits`` (step ``adc_range / (2^(bits-1) - 1)``).
+
+Every operation returns ``(result, Cost)``: the device time in seconds and the energy in joules.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor
+
+from thermoai.thermo.ou import OUProcess
+
+__all__ = ["Cost", "Device", "quantise", "BOLTZMANN"]
+
+BOLTZMANN = 1.380649e-23  # J / K (exact, SI 2019)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Device time (s) and energy (J) of an operation. ``a + b`` runs a then b (times and energies add);
+    ``Cost.parallel(a, b)`` runs them side by side (time is the max, energies add); ``k * cost`` repeats."""
+
+    time: float = 0.0
+    energy: float = 0.0
+
+    def __add__(self, other: "Cost") -> "Cost":
+        if not isinstance(other, Cost):
+            return NotImplemented
+        return Cost(self.time + other.time, self.energy + other.energy)
+
+    def __radd__(self, other):  # lets sum() of costs start from 0
+        if other == 0:
+            return self
+        return self.__add__(other)
+
+    def __mul__(self, k: float) -> "Cost":
+        return Cost(self.time * k, self.energy * k)
+
+    __rmul__ = __mul__
+
+    @staticmethod
+    def parallel(*costs: "Cost") -> "Cost":
+        return Cost(max((c.time for c in costs), default=0.0), sum(c.energy for c in costs))
+
+    @property
+    def power(self) -> float:
+        """Average power (W) over the operation."""
+        return self.energy / self.time if self.time > 0 else 0.0
+
+
+def quantise(
+    x: Tensor,
+    bits: int,
+    full_scale: float | Tensor,
+    rounding: str = "nearest",
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Round ``x`` to a signed ``bits``-bit grid with step ``full_scale / (2^(bits-1) - 1)``, clipping to
+    ``[-full_scale, full_scale]``.
+
+    ``rounding="nearest"`` has error uniform in [-q/2, q/2] (variance q^2/12) for values spread over many
+    steps; ``"stochastic"`` rounds up with probability equal to the fractional part, unbiased, variance
+    ``f (1 - f) q^2`` (at most q^2/4), the randomised rounding of arXiv 2401.16231.
+    """
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits < 2:
+        raise ValueError(f"bits must be an integer >= 2; got {bits!r}")
+    levels = 2 ** (bits - 1) - 1
+    fs = torch.as_tensor(full_scale, dtype=x.dtype, device=x.device)
+    if not bool((fs > 0).all()):
+        return torch.zeros_like(x)
+    q = fs / levels
+    u = torch.clamp(x / q, -levels, levels)
+    if rounding == "nearest":
+        r = torch.round(u)
+    elif rounding == "stochastic":
+        lo = torch.floor(u)
+        r = lo + (torch.rand(u.shape, dtype=u.dtype, device=u.device, generator=generator) < (u - lo)).to(u.dtype)
+    else:
+        raise ValueError(f"rounding must be 'nearest' or 'stochastic'; got {rounding!r}")
+    return r * q
+
+
+@dataclass(frozen=True)
+class Device:
+    """Physical parameters of a thermodynamic device (an SPU-like array of coupled noisy cells).
+
+    Defaults follow the 8-cell SPU of Melanson et al. (Nat. Commun. 16, 3757, 2025; arXiv 2312.04836)
+    where it fixes them, and are argued otherwise (each is a plain field: replace it with
+    ``dataclasses.replace(device, n_cells=64)``).
+
+    Attributes (units):
+        n_cells: number of unit cells (SPU: 8). A d-dimensional problem needs d <= n_cells.
+        time_constant (s): relaxation time of a cell at unit coupling. 1e-6: the SPU's RLC cells relax on
+            sqrt(LC) ~ RC ~ microseconds (thermox's matrix-exponential study plots device time in us).
+        temperature (K): 300, room temperature; sets the kT/C thermal floor.
+        capacitance (F): 1e-9 per cell (nF scale, assumed: the SPU values were not available); only enters
+            the thermal floor.
+        full_scale_voltage (V): volts per state unit, 1.0.
+        noise_scale: amplitude of the injected noise sources relative to the requested diffusion (the
+            SPU's noise is injected with a programmable amplitude, not only thermal); 1.0.
+        dac_bits: resolution of programmed couplings and biases; 8, typical of digital potentiometers
+            and switched-capacitor banks on a PCB prototype (argued, not from the paper).
+        adc_bits: readout resolution; 12, a common DAQ/microcontroller ADC (argued).
+        adc_range: readout full scale, +-4 state units (4 standard deviations of a unit-variance cell).
+        readout_noise: std of additive readout noise in state units; 1e-3 (half a 12-bit LSB of +-4).
+        mismatch: relative std of each physical coupling; 0.01, the tolerance of precision passive
+            components (component imprecision is the error source of arXiv 2401.16231).
+        sampling_interval (s): time between ADC snapshots, 1e-6 (1 MS/s).
+        power_per_cell (W): static power of a cell (op-amps, noise source), 1e-3 for discrete PCB
+            electronics (argued; an integrated design would be orders of magnitude lower).
+        program_time_per_value (s): time to write one coupling or bias, 1e-6 (serial DAC/SPI write).
+        program_energy_per_value (J): energy to write one value, 1e-10 (argued: ~100 pJ per DAC write).
+        adc_energy_per_conversion (J): 1e-10, a 12-bit 1 MS/s ADC at a Walden figure of merit of
+            ~25 fJ per conversion step (25e-15 * 2^12).
+        seed: fixes the chip's mismatch pattern (another seed is another chip).
+    """
+
+    n_cells: int = 8
+    time_constant: float = 1e-6
+    temperature: float = 300.0
+    capacitance: float = 1e-9
+    full_scale_voltage: float = 1.0
+    noise_scale: float = 1.0
+    dac_bits: int = 8
+    adc_bits: int = 12
+    adc_range: float = 4.0
+    readout_noise: float = 1e-3
+    mismatch: float = 0.01
+    sampling_interval: float = 1e-6
+    power_per_cell: float = 1e-3
+    program_time_per_value: float = 1e-6
+    program_energy_per_value: float = 1e-10
+    adc_energy_per_conversion: float = 1e-10
+    seed: int = 0
+
+    def __post_init__(self):
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name in ("n_cells", "dac_bits", "adc_bits", "seed"):
+                if isinstance(v, bool) or not isinstance(v, int):
+                    raise TypeError(f"Device.{f.name} must be an integer; got {type(v).__name__}")
+                low = {"n_cells": 1, "dac_bits": 2, "adc_bits": 2, "seed": -(2**63)}[f.name]
+                if v < low:
+                    raise ValueError(f"Device.{f.name} must be >= {low}; got {v}")
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise TypeError(f"Device.{f.name} must be a number; got {type(v).__name__}")
+            if not math.isfinite(v) or v < 0:
+                raise ValueError(f"Device.{f.name} must be finite and non-negative; got {v}")
+            strictly = ("time_constant", "capacitance", "full_scale_voltage", "adc_range", "sampling_interval")
+            if f.name in strictly and v == 0:
+                raise ValueError(f"Device.{f.name} must be positive; got {v}")
+
+    # --- derived quantities -------------------------------------------------------------------------
+
+    @property
+    def thermal_variance(self) -> float:
+        """kT/C floor of one cell in state units^2: ``k_B T / (C V_fs^2)``."""
+        return BOLTZMANN * self.temperature / (self.capacitance * self.full_scale_voltage**2)
+
+    def dac_step(self, full_scale: float) -> float:
+        """Programming step for a matrix whose largest |entry| is ``full_scale``."""
+        return full_scale / (2 ** (self.dac_bits - 1) - 1)
+
+    @property
+    def adc_step(self) -> float:
+        return self.adc_range / (2 ** (self.adc_bits - 1) - 1)
+
+    def to_device_time(self, seconds: float) -> float:
+        """Physical seconds to device time units (time constants)."""
+        return seconds / self.time_constant
+
+    # --- operations ---------------------------------------------------------------------------------
+
+    def _check_fits(self, x: Tensor, name: str) -> None:
+        if x.dim() not in (1, 2) or any(s > self.n_cells for s in x.shape):
+            raise ValueError(
+                f"{name} must be a vector or matrix with at most n_cells = {self.n_cells} rows/columns; got "
+                f"shape {tuple(x.shape)} (use dataclasses.replace(device, n_cells=...) for a larger device)"
+            )
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{name} must have finite entries")
+
+    def program(
+        self, values, generator: torch.Generator | None = None, rounding: str = "nearest"
+    ) -> tuple[Tensor, Cost]:
+        """Program a (d, d) coupling matrix or a (d,) bias vector: DAC quantisation, then mismatch.
+
+        Returns the values the device actually holds (same shape and dtype) and the programming cost
+        (``numel`` serial writes). ``generator`` drives stochastic rounding only; the mismatch is the
+        chip's fixed pattern (drawn from ``seed`` per cell pair or cell), identical at every programming:
+        use ``dataclasses.replace(device, seed=k)`` for another chip. A symmetric matrix is programmed
+        with one physical coupling per cell pair (its upper triangle, mirrored), so it stays symmetric.
+        """
+        x = torch.as_tensor(values)
+        if not x.is_floating_point():
+            x = x.to(torch.get_default_dtype())
+        self._check_fits(x, "values")
+        symmetric = x.dim() == 2 and x.shape[0] == x.shape[1] and bool(torch.equal(x, x.mT))
+        full = float(x.detach().abs().max()) if x.numel() else 0.0
+        q = quantise(x, self.dac_bits, full, rounding, generator)
+        if self.mismatch > 0:
+            # one frozen pattern per cell pair (matrices) or per cell (vectors)
+            gen = torch.Generator().manual_seed(self.seed * 2 + (1 if x.dim() == 1 else 0))
+            eps = torch.randn((self.n_cells,) * x.dim(), dtype=torch.float64, generator=gen)
+            eps = eps[tuple(slice(0, s) for s in x.shape)].to(dtype=x.dtype, device=x.device)
+            q = q * (1 + self.mismatch * eps)
+        if symmetric:
+            q = torch.triu(q) + torch.triu(q, 1).mT
+        n = x.numel()
+        return q, Cost(n * self.program_time_per_value, n * self.program_energy_per_value)
+
+    def read(self, x, generator: torch.Generator | None = None) -> tuple[Tensor, Cost]:
+        """Read states (..., d) through the ADC: readout noise, clipping to +-adc_range, quantisation.
+
+        Cost: one snapshot of all d cells per ``sampling_interval``, ``numel`` conversions.
+        """
+        x = torch.as_tensor(x)
+        if not x.is_floating_point():
+            x = x.to(torch.get_default_dtype())
+        if x.dim() == 0 or x.shape[-1] > self.n_cells:
+            raise ValueError(f"x must have shape (..., d) with d <= n_cells = {self.n_cells}; got {tuple(x.shape)}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("x must have finite entries")
+        y = x
+        if self.readout_noise > 0:
+            y = y + self.readout_noise * torch.randn(
+                x.shape, dtype=x.dtype, device=x.device, generator=generator
+            )
+        y = quantise(y, self.adc_bits, self.adc_range)
+        snapshots = x.numel() // x.shape[-1]
+        return y, Cost(snapshots * self.sampling_interval, x.numel() * self.adc_energy_per_conversion)
+
+    def sample_times(self, duration: float, burn_in: float = 0.0) -> Tensor:
+        """Physical times (s, float64) of the snapshots :meth:`run` reads: ``burn_in + k * sampling_interval``
+        for k = 1 .. floor(duration / sampling_interval)."""
+        n_steps = self._n_steps(duration)
+        return burn_in + self.sampling_interval * torch.arange(1, n_steps + 1, dtype=torch.float64)
+
+    def _n_steps(self, duration: float) -> int:
+        if isinstance(duration, bool) or not isinstance(duration, (int, float)) or not math.isfinite(duration):
+            raise TypeError(f"duration must be a finite number of seconds; got {duration!r}")
+        n_steps = int(math.floor(duration / self.sampling_interval * (1 + 1e-12)))
+        if n_steps < 1:
+            raise ValueError(
+                f"duration must be at least one sampling_interval ({self.sampling_interval} s); got {duration}"
+            )
+        return n_steps
+
+    def run(
+        self,
+        A,
+        b=None,
+        duration: float = 1e-3,
+        D=2.0,
+        x0=None,
+        n: int = 1,
+        burn_in: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Cost]:
+        """Run the device's OU dynamics with programmed ``A`` (units 1/time_constant) and ``b``, and read
+        snapshots through the ADC.
+
+        Args:
+            A: (d, d) programmed couplings (the output of :meth:`program`); must be stable.
+            b: (d,) programmed bias (state units), zeros if None.
+            duration (s): reading window; snapshots every ``sampling_interval`` (see :meth:`sample_times`).
+            D: requested diffusion in state units^2 per time constant (scalar, (d,) or (d, d)); the default
+                2 gives stationary covariance A^{-1} for symmetric A. Scaled by ``noise_scale^2``, plus the
+                thermal floor.
+            x0: (d,) or (n, d) start at time 0 (state units); zeros (cells reset) if None.
+            n: number of repetitions, run one after another.
+            burn_in (s): time run before the first snapshot, not read.
+            generator: for the dynamics' noise and the readout noise.
+
+        Returns:
+            samples (n, T, d) as read, T = floor(duration / sampling_interval), at :meth:`sample_times`;
+            Cost with time ``n (burn_in + duration)`` and energy ``n d power_per_cell (burn_in + duration)``
+            plus ``n T d`` ADC conversions.
+        """
+        A = torch.as_tensor(A)
+        if not A.is_floating_point():
+            A = A.to(torch.get_default_dtype())
+        if A.dim() != 2:
+            raise ValueError(f"A must be a (d, d) matrix; got shape {tuple(A.shape)}")
+        self._check_fits(A, "A")
+        d = A.shape[0]
+        if isinstance(burn_in, bool) or not isinstance(burn_in, (int, float)) or not (burn_in >= 0):
+            raise ValueError(f"burn_in must be a non-negative number of seconds; got {burn_in!r}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive integer; got {n!r}")
+        n_steps = self._n_steps(duration)
+        Dt = torch.as_tensor(D, dtype=A.dtype, device=A.device)
+        if Dt.dim() == 0:
+            Dt = Dt * torch.eye(d, dtype=A.dtype, device=A.device)
+        elif Dt.dim() == 1:
+            if Dt.shape[0] != d:
+                raise ValueError(f"D as a vector must have shape ({d},); got {tuple(Dt.shape)}")
+            Dt = torch.diag(Dt)
+        D_eff = self.noise_scale**2 * Dt + 2 * self.thermal_variance * torch.eye(d, dtype=A.dtype, device=A.device)
+        proc = OUProcess(A, D_eff, b)
+        if x0 is None:
+            x0 = torch.zeros(d, dtype=proc.dtype, device=proc.device)
+        dt_dev = self.sampling_interval / self.time_constant
+        grid = dt_dev * torch.arange(0, n_steps + 1, dtype=torch.float64)
+        if burn_in > 0:
+            grid = torch.cat([torch.zeros(1, dtype=torch.float64), grid + burn_in / self.time_constant])
+        paths = proc.sample(x0, grid, n=n if torch.as_tensor(x0).dim() == 1 else None, generator=generator)
+        snaps = paths[:, grid.shape[0] - n_steps :]
+        samples, read_cost = self.read(snaps, generator=generator)
+        on_time = burn_in + n_steps * self.sampling_interval
+        energy = n * d * self.power_per_cell * on_time + read_cost.energy
+        return samples, Cost(n * on_time, energy)
