@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "memory":  # its own parser, so that `thermoai memory --help` reaches it
+        return int(importlib.import_module("thermoai.memory.commands").main(argv[1:]))
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -10,4 +10,5 @@ EXPERIMENTS: dict[str, str] = {
     # name -> module path; each module has run(out_dir, quick) -> dict
     "cold_posterior": "thermoai.experiments.cold_posterior",
     "thermo_crossover": "thermoai.experiments.thermo_crossover",
+    "emt_benchmark": "thermoai.experiments.emt_benchmark",
 }

@@ -1,0 +1,139 @@
+"""Extended Mind speed: generation with a 16k-token memory bank against the same model without memory.
+
+One run measures, side by side on the same model, device and prompt:
+
+* bank build throughput: document tokens per second of ``MemoryBank.build`` (window/stride given);
+* prefill time of the prompt, with and without the bank attached;
+* decode time per generated token (greedy, fixed count, EOS ignored), with and without the bank.
+
+The ratio ``with bank / without`` per generated token is the figure of merit (target: at most 2).
+The document is a counterfactual benchmark document (``thermoai.experiments.emt_data``).
+
+    python benchmarks/emt_speed.py [--tokens 16000] [--new-tokens 32] [--stride 512] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def _sync(device) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+@torch.no_grad()
+def time_generation(model, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:
+    """``(prefill seconds, decode seconds per token)`` of greedy decoding of ``new_tokens`` tokens."""
+    from transformers import DynamicCache
+
+    device = prompt.device
+    cache = DynamicCache(config=model.config)
+    _sync(device)
+    t0 = time.perf_counter()
+    logits = model(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+    _sync(device)
+    prefill = time.perf_counter() - t0
+    token = logits[:, -1].argmax(-1, keepdim=True)
+    t0 = time.perf_counter()
+    for _ in range(new_tokens):
+        logits = model(input_ids=token, past_key_values=cache, use_cache=True).logits
+        token = logits[:, -1].argmax(-1, keepdim=True)
+    _sync(device)
+    return prefill, (time.perf_counter() - t0) / new_tokens
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=16000, help="document length in tokens (default 16000)")
+    parser.add_argument("--new-tokens", type=int, default=32, help="generated tokens per run (default 32)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per setting; the median is kept")
+    parser.add_argument("--topk", type=int, default=10)
+    parser.add_argument("--window", type=int, default=3072)
+    parser.add_argument("--stride", type=int, default=512, help="bank stride (default 512, the reference)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--out", default="benchmarks/results/emt_speed.md")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from thermoai.experiments.emt_data import make_document
+    from thermoai.memory import MemoryBank, attach, load_model
+
+    dtype = getattr(torch, args.dtype)
+    t0 = time.perf_counter()
+    model, tokenizer = load_model(None, dtype=dtype, device=args.device)
+    load_s = time.perf_counter() - t0
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    doc = make_document(args.tokens, 10, seed=1234, count_tokens=count)
+    question = doc.facts[0].question
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                           return_tensors="pt", return_dict=True)["input_ids"].to(args.device)
+
+    _sync(args.device)
+    t0 = time.perf_counter()
+    bank = MemoryBank.build(model, tokenizer, text=doc.text, window=args.window, stride=args.stride, progress=True)
+    _sync(args.device)
+    build_s = time.perf_counter() - t0
+    n = bank.n_positions
+    windows = 1 + max(0, -(-(n - args.window) // args.stride))
+    forwards = min(n, args.window) + (windows - 1) * args.window
+
+    def measure():
+        time_generation(model, prompt, 4)  # warm-up
+        runs = [time_generation(model, prompt, args.new_tokens) for _ in range(args.repeats)]
+        return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+
+    plain_prefill, plain_decode = measure()
+    with attach(model, bank, topk=args.topk):
+        emt_prefill, emt_decode = measure()
+
+    rows = [
+        ("prompt prefill (s)", plain_prefill, emt_prefill),
+        ("decode per generated token (ms)", 1000 * plain_decode, 1000 * emt_decode),
+        ("generated tokens/s", 1 / plain_decode, 1 / emt_decode),
+    ]
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu, {torch.get_num_threads()} threads"
+    command = "python benchmarks/emt_speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    lines = [
+        "# Extended Mind speed",
+        "",
+        f"SmolLM2-135M-Instruct, {args.dtype}, {device_name}; a {n}-token memory bank ({len(bank)} memories, "
+        f"all {model.config.num_hidden_layers} layers retrieve, k={args.topk}, exact top-k) against the same model "
+        f"without memory; prompt of {prompt.shape[1]} tokens, {args.new_tokens} generated tokens, median of "
+        f"{args.repeats} runs.",
+        "",
+        "| measure | no memory | with 16k bank | ratio (bank / none) |".replace("16k", f"{n}-token"),
+        "|---|---|---|---|",
+    ]
+    for name, plain, emt in rows:
+        lines.append(f"| {name} | {plain:.4g} | {emt:.4g} | {emt / plain:.2f} |")
+    lines += [
+        "",
+        f"Bank build: {n} document tokens in {build_s:.1f} s = **{n / build_s:.0f} document tokens/s** "
+        f"(window {args.window}, stride {args.stride}: {windows} windows, {forwards} token-forwards, "
+        f"{forwards / build_s:.0f} token-forwards/s). Model load {load_s:.1f} s.",
+        "",
+        f"Slow-down per generated token: **{emt_decode / plain_decode:.2f}x** (target: at most 2x).",
+        "",
+        f"Command: `{command.strip()}`",
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,622 @@
+"""Counterfactual long-range retrieval: Extended Mind against in-context and retrieval baselines.
+
+In the spirit of the Extended Mind Transformers paper (Klett & Ahle 2024, WikiQA-counterfactual):
+facts the model cannot know from pre-training (invented entities, altered attributes of real ones;
+``thermoai.experiments.emt_data``) are hidden at spread depths in long real prose (the Python language
+reference shipped with the standard library). The model, SmolLM2-135M-Instruct with its chat template,
+answers one question per fact with greedy decoding; a question counts as answered when the expected
+answer occurs in the generated text (case-insensitive substring, as the reference's metric).
+
+Conditions, each on the same documents and questions:
+
+    no_document        the question alone (floor: the facts are unknowable without the document)
+    truncated          the last ``truncate_tokens`` (2000) tokens of the document in the prompt
+    full_document      the whole document in the prompt, where it fits the 8192-token window
+    rag                BM25 top ``rag_top_chunks`` chunks of ``rag_chunk_tokens`` tokens in the prompt
+                       (best chunk nearest the question, as the reference)
+    extended_mind      the question alone; the document only in the memory bank (top-k retrieval)
+    extended_mind_rag  the RAG prompt, and the whole document in the memory bank
+
+Ablations (Extended Mind alone, at one length): the position mode of memories, the fraction of
+layers that retrieve (evenly spaced), and ``k``. Every bank is built once per document and shared by
+all questions, conditions and ablations of that document.
+
+Sizes: ``quick`` (tests, about a minute on 2 CPU cores), ``default`` (``thermoai reproduce``: 24
+questions at 2k/4k/8k tokens, 13-25 minutes on 2 CPU cores depending on load), ``full`` (400 questions at
+2k/4k/8k/16k tokens; a GPU). On the CPU the cost is dominated by Extended Mind + RAG, whose ~1000
+prompt tokens each search the whole bank in every layer.
+``python -m thermoai.experiments.emt_benchmark --help`` lists the flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from thermoai.experiments.emt_data import Document, make_documents
+
+__all__ = ["CONDITIONS", "SIZES", "BenchmarkConfig", "run", "main", "evenly_spaced_layers", "is_correct"]
+
+CONDITIONS = ("no_document", "truncated", "full_document", "rag", "extended_mind", "extended_mind_rag")
+_LABELS = {
+    "no_document": "no document",
+    "truncated": "truncated context (last {t} tokens)",
+    "full_document": "full document in the prompt",
+    "rag": "retrieval augmentation (BM25, {n}x{c} tokens)",
+    "extended_mind": "Extended Mind (document only in memory)",
+    "extended_mind_rag": "Extended Mind + retrieval augmentation",
+}
+_INSTRUCTION = "Answer the question. Give only the answer, no full sentence."
+_DOC_INSTRUCTION = "Answer the question using the document. Give only the answer, no full sentence."
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """Sizes and settings of one benchmark run (see the module docstring)."""
+
+    lengths: tuple[int, ...] = (2000, 4000, 8000, 16000)
+    docs_per_length: int = 1
+    facts_per_doc: int = 8
+    conditions: tuple[str, ...] = CONDITIONS
+    topk: int = 10  # reference default
+    position_mode: str = "first"  # reference: memories at position 0
+    layer_fraction: float = 1.0  # reference: every layer retrieves
+    window: int = 3072
+    stride: int = 1024  # reference 512; 1024 halves the build cost (see docs/memory.md)
+    ablation_length: int | None = None  # default: the longest length
+    ablation_questions: int | None = None  # default: all questions of that length
+    ablate_position_modes: tuple[str, ...] = ("first", "original", "constant", "none")
+    ablate_layer_fractions: tuple[float, ...] = (0.25, 0.5, 1.0)
+    ablate_topk: tuple[int, ...] = (2, 5, 10, 20)
+    truncate_tokens: int = 2000
+    rag_chunk_tokens: int = 256
+    rag_top_chunks: int = 4
+    max_new_tokens: int = 24
+    context_window: int = 8192
+    batch_size: int = 8
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    threads: int | None = None  # torch CPU threads (None: torch's default); 1 is faster on a busy machine
+
+
+SIZES: dict[str, BenchmarkConfig] = {
+    "quick": BenchmarkConfig(lengths=(400,), docs_per_length=1, facts_per_doc=2, window=128, stride=64,
+                             truncate_tokens=150, rag_chunk_tokens=64, rag_top_chunks=2, max_new_tokens=16,
+                             ablate_position_modes=("none",), ablate_layer_fractions=(0.5,), ablate_topk=(2,)),
+    "default": BenchmarkConfig(),
+    "full": BenchmarkConfig(lengths=(2000, 4000, 8000, 16000), docs_per_length=10, facts_per_doc=10, stride=512,
+                            ablation_questions=60, batch_size=16),
+}
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+
+def is_correct(answer: str, generated: str) -> bool:
+    """Case-insensitive substring match, the metric of the reference."""
+    return answer.strip().lower() in generated.lower()
+
+
+def evenly_spaced_layers(n_layers: int, fraction: float) -> list[int]:
+    """``round(fraction * n_layers)`` (at least 1) layer indices spread evenly from first to last."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction: expected a value in (0, 1], got {fraction}")
+    count = max(1, round(fraction * n_layers))
+    if count == 1:
+        return [n_layers - 1]
+    return sorted({round(i * (n_layers - 1) / (count - 1)) for i in range(count)})
+
+
+def _stderr(p: float, n: int) -> float:
+    return math.sqrt(max(p * (1 - p), 0.0) / n) if n else float("nan")
+
+
+class _Prompter:
+    """Chat-template prompts split into a document prefix (shared, cacheable) and a question suffix."""
+
+    _SPLIT = "\u0000SPLIT\u0000"
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def build(self, context: str | None, question: str) -> tuple[list[int], list[int]]:
+        if context is None:
+            content = f"{_INSTRUCTION}\n\n{self._SPLIT}Question: {question}"
+        else:
+            content = f"{_DOC_INSTRUCTION}\n\nDocument:\n{context}\n\n{self._SPLIT}Question: {question}"
+        rendered = self.tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                                      add_generation_prompt=True)
+        prefix, suffix = rendered.split(self._SPLIT)
+        return self.ids(prefix), self.ids(suffix)
+
+
+class _BM25Chunks:
+    """A document cut into token chunks, ranked for a question with BM25 (``rank_bm25.BM25Okapi``)."""
+
+    def __init__(self, doc_ids: list[int], tokenizer, chunk_tokens: int):
+        from rank_bm25 import BM25Okapi
+
+        self.chunks = [tokenizer.decode(doc_ids[i:i + chunk_tokens]) for i in range(0, len(doc_ids), chunk_tokens)]
+        self.index = BM25Okapi([self._words(c) for c in self.chunks])
+
+    @staticmethod
+    def _words(text: str) -> list[str]:
+        return re.findall(r"\w+", text.lower())
+
+    def context(self, question: str, top: int) -> str:
+        scores = self.index.get_scores(self._words(question))
+        best = sorted(range(len(scores)), key=lambda i: -scores[i])[:top]
+        # best chunk last, next to the question (the reference's order)
+        return "\n\n[...]\n\n".join(self.chunks[i].strip() for i in reversed(best))
+
+
+@torch.no_grad()
+def _prefix_cache(model, prefix: list[int], device):
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    if prefix:
+        model(input_ids=torch.tensor([prefix], device=device), past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return cache
+
+
+@torch.no_grad()
+def generate_batch(model, tokenizer, suffixes: Sequence[Sequence[int]], *, prefix: Sequence[int] = (),
+                   prefix_cache=None, max_new_tokens: int = 24, device="cpu") -> list[str]:
+    """Greedy answers for ``prefix + suffixes[i]``, all in one left-padded batch.
+
+    A shared ``prefix`` (the document) is run once (or taken from ``prefix_cache``, a ``DynamicCache``
+    holding exactly it) and its keys/values are repeated over the batch; the padding of each suffix
+    then sits between the prefix and the suffix, masked out, with positions continuing the prefix.
+    """
+    from transformers import DynamicCache
+
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    eos = eos if isinstance(eos, int) and eos >= 0 else tokenizer.eos_token_id
+    b = len(suffixes)
+    width = max(len(s) for s in suffixes)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    ids = torch.full((b, width), pad, dtype=torch.long)
+    mask = torch.zeros((b, len(prefix) + width), dtype=torch.long)
+    mask[:, : len(prefix)] = 1
+    for row, s in enumerate(suffixes):
+        ids[row, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
+        mask[row, len(prefix) + width - len(s):] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    cache = DynamicCache(config=model.config)
+    if prefix:
+        shared = prefix_cache if prefix_cache is not None else _prefix_cache(model, list(prefix), device)
+        for layer_idx, layer in enumerate(shared.layers):
+            cache.update(layer.keys.expand(b, -1, -1, -1).contiguous(),
+                         layer.values.expand(b, -1, -1, -1).contiguous(), layer_idx)
+    step = ids
+    out = torch.empty((b, 0), dtype=torch.long, device=device)
+    finished = torch.zeros(b, dtype=torch.bool, device=device)
+    for _ in range(max_new_tokens):
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -step.shape[1]:]
+        logits = model(input_ids=step, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                       use_cache=True, logits_to_keep=1).logits[:, -1]
+        token = logits.argmax(-1)
+        token = torch.where(finished, torch.full_like(token, eos), token)
+        finished |= token == eos
+        out = torch.cat([out, token[:, None]], 1)
+        mask = torch.cat([mask, torch.ones_like(token[:, None])], 1)
+        step = token[:, None]
+        if bool(finished.all()):
+            break
+    return [tokenizer.decode(row[row != eos].tolist(), skip_special_tokens=True).strip() for row in out.cpu()]
+
+
+def _batches(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+# ---------------------------------------------------------------------------------------------- run
+
+
+def _load(cfg: BenchmarkConfig, model, tokenizer):
+    if model is not None:
+        return model, tokenizer
+    from thermoai.memory import load_model
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.dtype)
+    if dtype is None:
+        raise ValueError(f"dtype: expected 'float32', 'bfloat16' or 'float16', got {cfg.dtype!r}")
+    return load_model(None, dtype=dtype, device=cfg.device)
+
+
+def _check(cfg: BenchmarkConfig) -> None:
+    unknown = [c for c in cfg.conditions if c not in CONDITIONS]
+    if unknown:
+        raise ValueError(f"conditions: expected names among {CONDITIONS}, got {unknown}")
+    if not cfg.lengths or any(int(n) < 200 for n in cfg.lengths):
+        raise ValueError(f"lengths: expected document lengths >= 200 tokens, got {cfg.lengths}")
+    for name in ("docs_per_length", "facts_per_doc", "topk", "max_new_tokens", "batch_size", "rag_chunk_tokens",
+                 "rag_top_chunks", "truncate_tokens"):
+        if int(getattr(cfg, name)) < 1:
+            raise ValueError(f"{name}: expected a positive integer, got {getattr(cfg, name)}")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device: {cfg.device!r} requested but CUDA is not available")
+
+
+def run(out_dir: str | Path, quick: bool = False, *, size: str | None = None, model=None, tokenizer=None,
+        progress: bool = True, command: str | None = None, **overrides) -> dict:
+    """Run the benchmark and write ``emt_benchmark.md``, ``.json`` and ``.png`` into ``out_dir``.
+
+    Args:
+        out_dir: output folder (created).
+        quick: shorthand for ``size="quick"``.
+        size: ``"quick"``, ``"default"`` or ``"full"`` (see :data:`SIZES`).
+        model, tokenizer: a loaded model (default: ``thermoai.memory.load_model()`` on ``device``).
+        overrides: any :class:`BenchmarkConfig` field, e.g. ``lengths=(16000,)``, ``device="cuda"``.
+
+    Returns:
+        The JSON document: settings, per-length accuracies of every condition, ablations, timings.
+    """
+    size = size or ("quick" if quick else "default")
+    if size not in SIZES:
+        raise ValueError(f"size: expected one of {list(SIZES)}, got {size!r}")
+    unknown = set(overrides) - set(BenchmarkConfig.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"run() got unknown settings {sorted(unknown)}")
+    overrides = {k: (tuple(v) if isinstance(v, list) else v) for k, v in overrides.items() if v is not None}
+    cfg = replace(SIZES[size], **overrides)
+    _check(cfg)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    previous_threads = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(int(cfg.threads))
+    try:
+        return _run(cfg, out_dir, model, tokenizer, progress, command or _default_command(size, overrides), started)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run(cfg, out_dir, model, tokenizer, progress, command, started) -> dict:
+    from thermoai.memory import MemoryBank, attach
+
+    model, tokenizer = _load(cfg, model, tokenizer)
+    device = next(model.parameters()).device
+    n_layers = model.config.num_hidden_layers
+    prompter = _Prompter(tokenizer)
+
+    def count_tokens(text: str) -> int:
+        return len(prompter.ids(text))
+
+    documents = make_documents(cfg.lengths, cfg.docs_per_length, cfg.facts_per_doc, cfg.seed, count_tokens)
+    ablation_length = cfg.ablation_length or max(cfg.lengths)
+    if ablation_length not in cfg.lengths:
+        raise ValueError(f"ablation_length: expected one of lengths {cfg.lengths}, got {ablation_length}")
+    ablations = _ablation_settings(cfg, n_layers)
+    emt_conditions = {"extended_mind", "extended_mind_rag"} & set(cfg.conditions)
+    needs_bank = bool(emt_conditions) or bool(ablations)
+
+    records: list[dict] = []
+    timings = {"bank_build_s": 0.0, "bank_tokens": 0, "generate_s": {}}
+    from tqdm.auto import tqdm
+
+    total_docs = sum(len(d) for d in documents.values())
+    bar = tqdm(total=total_docs, desc="emt benchmark documents", disable=not progress)
+    for length, docs in documents.items():
+        for doc_index, doc in enumerate(docs):
+            doc_ids = prompter.ids(doc.text)
+            questions = [(i, f) for i, f in enumerate(doc.facts)]
+            rag = _BM25Chunks(doc_ids, tokenizer, cfg.rag_chunk_tokens) if {"rag", "extended_mind_rag"} & set(cfg.conditions) else None
+            rag_contexts = [rag.context(f.question, cfg.rag_top_chunks) for _, f in questions] if rag else None
+
+            def record(condition, answers, setting=None):
+                for (i, fact), answer in zip(questions, answers):
+                    records.append({"length": length, "doc": doc_index, "fact": i, "condition": condition,
+                                    "setting": setting, "question": fact.question, "expected": fact.answer,
+                                    "kind": fact.kind, "generated": answer,
+                                    "correct": is_correct(fact.answer, answer),
+                                    "depth": round(doc.fact_offsets[i] / max(1, len(doc.text)), 3)})
+
+            def timed(condition, fn):
+                t0 = time.perf_counter()
+                answers = fn()
+                timings["generate_s"][condition] = timings["generate_s"].get(condition, 0.0) + time.perf_counter() - t0
+                return answers
+
+            def ask_plain(contexts):
+                """contexts: None (question alone), one shared context, or one context per question."""
+                if contexts is None or isinstance(contexts, str):
+                    prefix, _ = prompter.build(contexts, "")
+                    suffixes = [prompter.build(contexts, f.question)[1] for _, f in questions]
+                    cache = _prefix_cache(model, prefix, device)
+                    answers = []
+                    for chunk in _batches(suffixes, cfg.batch_size):
+                        answers += generate_batch(model, tokenizer, chunk, prefix=prefix, prefix_cache=cache,
+                                                  max_new_tokens=cfg.max_new_tokens, device=device)
+                    del cache
+                    return answers
+                prompts = [sum(prompter.build(c, f.question), []) for c, (_, f) in zip(contexts, questions)]
+                answers = []
+                for chunk in _batches(prompts, cfg.batch_size):
+                    answers += generate_batch(model, tokenizer, chunk, max_new_tokens=cfg.max_new_tokens, device=device)
+                return answers
+
+            if "no_document" in cfg.conditions:
+                record("no_document", timed("no_document", lambda: ask_plain(None)))
+            if "truncated" in cfg.conditions:
+                tail = tokenizer.decode(doc_ids[-cfg.truncate_tokens:])
+                record("truncated", timed("truncated", lambda: ask_plain(tail)))
+            if "full_document" in cfg.conditions:
+                longest = max(len(sum(prompter.build(doc.text, f.question), [])) for _, f in questions)
+                if longest + cfg.max_new_tokens <= cfg.context_window:
+                    record("full_document", timed("full_document", lambda: ask_plain(doc.text)))
+            if "rag" in cfg.conditions:
+                record("rag", timed("rag", lambda: ask_plain(rag_contexts)))
+
+            if needs_bank:
+                t0 = time.perf_counter()
+                bank = MemoryBank.build(model, tokenizer, text=doc.text, window=cfg.window, stride=cfg.stride,
+                                        progress=False)
+                timings["bank_build_s"] += time.perf_counter() - t0
+                timings["bank_tokens"] += bank.n_positions
+                layers = evenly_spaced_layers(n_layers, cfg.layer_fraction)
+                mind = attach(model, bank, topk=cfg.topk, layers=layers, position_mode=cfg.position_mode)
+                memo: dict = {}  # ablation settings equal to the main setting reuse its answers
+                try:
+                    if "extended_mind" in cfg.conditions:
+                        answers = timed("extended_mind", lambda: ask_plain(None))
+                        record("extended_mind", answers)
+                        memo[_setting_key(cfg.topk, cfg.position_mode, layers)] = answers
+                    if "extended_mind_rag" in cfg.conditions:
+                        record("extended_mind_rag", timed("extended_mind_rag", lambda: ask_plain(rag_contexts)))
+                finally:
+                    mind.detach()
+                if length == ablation_length:
+                    keep = _ablation_mask(cfg, documents[length], doc_index)
+                    if keep:
+                        full_questions = questions
+                        questions = questions[:keep]
+                        for name, value, options in ablations:
+                            key = _setting_key(options["topk"], options["position_mode"], options["layers"])
+                            if key not in memo:
+                                mind = attach(model, bank, **options)
+                                try:
+                                    memo[key] = timed(f"ablation:{name}", lambda: ask_plain(None))
+                                finally:
+                                    mind.detach()
+                            record(f"ablation:{name}", memo[key][:keep], value)
+                        questions = full_questions
+                del bank
+            bar.update(1)
+    bar.close()
+
+    result = _summarise(cfg, documents, records, ablations, ablation_length, timings, n_layers)
+    result["elapsed_s"] = round(time.perf_counter() - started, 1)
+    result["command"] = command
+    _write(out_dir, result)
+    return result
+
+
+def _setting_key(topk, position_mode, layers) -> tuple:
+    from thermoai.memory.attention import _ALIASES
+
+    return int(topk), _ALIASES.get(position_mode, position_mode), tuple(layers)
+
+
+def _ablation_settings(cfg: BenchmarkConfig, n_layers: int) -> list[tuple[str, object, dict]]:
+    base = dict(topk=cfg.topk, position_mode=cfg.position_mode, layers=evenly_spaced_layers(n_layers, cfg.layer_fraction))
+    settings = []
+    for mode in cfg.ablate_position_modes:
+        settings.append(("position_mode", mode, {**base, "position_mode": mode}))
+    for fraction in cfg.ablate_layer_fractions:
+        settings.append(("layer_fraction", fraction, {**base, "layers": evenly_spaced_layers(n_layers, fraction)}))
+    for k in cfg.ablate_topk:
+        settings.append(("topk", k, {**base, "topk": int(k)}))
+    return settings
+
+
+def _ablation_mask(cfg: BenchmarkConfig, docs: list[Document], doc_index: int) -> int:
+    """How many questions of document ``doc_index`` enter the ablations (the first ones, in order)."""
+    if cfg.ablation_questions is None:
+        return len(docs[doc_index].facts)
+    before = sum(len(d.facts) for d in docs[:doc_index])
+    return max(0, min(len(docs[doc_index].facts), cfg.ablation_questions - before))
+
+
+def _accuracy(rows: list[dict]) -> dict:
+    n = len(rows)
+    correct = sum(r["correct"] for r in rows)
+    p = correct / n if n else float("nan")
+    return {"correct": correct, "total": n, "accuracy": p, "stderr": _stderr(p, n)}
+
+
+def _summarise(cfg, documents, records, ablations, ablation_length, timings, n_layers) -> dict:
+    table: dict[str, dict[str, dict]] = {}
+    for condition in cfg.conditions:
+        table[condition] = {}
+        for length in cfg.lengths:
+            rows = [r for r in records if r["condition"] == condition and r["length"] == length]
+            table[condition][str(length)] = _accuracy(rows) if rows else None
+    by_kind = {condition: {kind: _accuracy(rows) if (rows := [r for r in records if r["condition"] == condition
+                                                                 and r["kind"] == kind]) else None
+                           for kind in ("fictional", "altered")} for condition in cfg.conditions}
+    ablation_table: dict[str, list] = {}
+    for name, value, options in ablations:
+        rows = [r for r in records if r["condition"] == f"ablation:{name}" and r["setting"] == value]
+        entry = {"value": value, **_accuracy(rows)}
+        if name == "layer_fraction":
+            entry["layers"] = options["layers"]
+        ablation_table.setdefault(name, []).append(entry)
+    doc_tokens = {str(n): [d.n_tokens for d in docs] for n, docs in documents.items()}
+    n_questions = sum(len(d.facts) for docs in documents.values() for d in docs)
+    return {
+        "settings": asdict(cfg),
+        "n_layers": n_layers,
+        "n_questions": n_questions,
+        "document_tokens": doc_tokens,
+        "filler": "pydoc_data.topics (Python language reference, standard library)",
+        "accuracy": table,
+        "accuracy_by_kind": by_kind,
+        "ablation_length": ablation_length,
+        "ablations": ablation_table,
+        "timings": {"bank_build_s": round(timings["bank_build_s"], 1), "bank_tokens": timings["bank_tokens"],
+                    "bank_tokens_per_s": round(timings["bank_tokens"] / timings["bank_build_s"], 1) if timings["bank_build_s"] else None,
+                    "generate_s": {k: round(v, 1) for k, v in timings["generate_s"].items()}},
+        "records": records,
+    }
+
+
+def _default_command(size: str, overrides: dict) -> str:
+    parts = ["python -m thermoai.experiments.emt_benchmark", f"--size {size}"]
+    for key, value in overrides.items():
+        flag = "--" + key.replace("_", "-")
+        parts.append(f"{flag} {' '.join(map(str, value))}" if isinstance(value, tuple) else f"{flag} {value}")
+    return " ".join(parts)
+
+
+def _label(condition: str, cfg: dict) -> str:
+    return _LABELS[condition].format(t=cfg["truncate_tokens"], n=cfg["rag_top_chunks"], c=cfg["rag_chunk_tokens"])
+
+
+def _cell(entry) -> str:
+    if entry is None:
+        return "n/a"
+    return f"{100 * entry['accuracy']:.1f} ± {100 * entry['stderr']:.1f} ({entry['correct']}/{entry['total']})"
+
+
+def _write(out_dir: Path, result: dict) -> None:
+    cfg = result["settings"]
+    lengths = [str(n) for n in cfg["lengths"]]
+    lines = [
+        "# Extended Mind: counterfactual long-range retrieval",
+        "",
+        f"Model SmolLM2-135M-Instruct ({result['n_layers']} layers), {cfg['device']}, {cfg['dtype']}. "
+        f"{result['n_questions']} questions: {cfg['docs_per_length']} documents per length, {cfg['facts_per_doc']} "
+        f"facts per document (invented entities and altered attributes of real ones) hidden at spread depths "
+        f"in {result['filler']}. Greedy decoding, {cfg['max_new_tokens']} new tokens at most, chat template; "
+        f"score: the expected answer occurs in the output (case-insensitive). Extended Mind: k={cfg['topk']}, "
+        f"position mode {cfg['position_mode']!r}, {cfg['layer_fraction']:.0%} of layers, bank window "
+        f"{cfg['window']} / stride {cfg['stride']}.",
+        "",
+        "Accuracy in % ± one standard error (correct/total); n/a: the prompt does not fit the "
+        f"{cfg['context_window']}-token window.",
+        "",
+        "| condition | " + " | ".join(f"{n} tokens" for n in lengths) + " | invented entities | altered real ones |",
+        "|---|" + "---|" * (len(lengths) + 2),
+    ]
+    for condition, per_length in result["accuracy"].items():
+        kinds = result["accuracy_by_kind"][condition]
+        lines.append(f"| {_label(condition, cfg)} | " + " | ".join(_cell(per_length[n]) for n in lengths)
+                     + f" | {_cell(kinds['fictional'])} | {_cell(kinds['altered'])} |")
+    lines += ["", "The last two columns pool all lengths: facts about invented entities, and altered attributes "
+              "of real entities (where the document contradicts pre-training)."]
+    if result["ablations"]:
+        lines += ["", f"## Ablations (Extended Mind alone, {result['ablation_length']}-token documents)", ""]
+        for name, entries in result["ablations"].items():
+            lines += [f"| {name} | accuracy |", "|---|---|"]
+            for e in entries:
+                value = e["value"]
+                if name == "layer_fraction":
+                    value = f"{value:g} ({len(e['layers'])} layers)"
+                lines.append(f"| {value} | {_cell(e)} |")
+            lines.append("")
+    t = result["timings"]
+    lines += [
+        "## Cost",
+        "",
+        f"Bank builds: {t['bank_tokens']} document tokens in {t['bank_build_s']} s "
+        f"({t['bank_tokens_per_s']} document tokens/s at stride {cfg['stride']}). Generation time per condition (s): "
+        + ", ".join(f"{k} {v}" for k, v in t["generate_s"].items()) + f". Total {result.get('elapsed_s')} s.",
+        "",
+        f"Command: `{result['command']}`",
+        "",
+    ]
+    (out_dir / "emt_benchmark.md").write_text("\n".join(lines))
+    (out_dir / "emt_benchmark.json").write_text(json.dumps(result, indent=1, default=str))
+    _plot(out_dir / "emt_benchmark.png", result)
+
+
+def _plot(path: Path, result: dict) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    cfg = result["settings"]
+    lengths = [str(n) for n in cfg["lengths"]]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for condition, per_length in result["accuracy"].items():
+        xs = [int(n) for n in lengths if per_length[n] is not None]
+        ys = [100 * per_length[n]["accuracy"] for n in lengths if per_length[n] is not None]
+        es = [100 * per_length[n]["stderr"] for n in lengths if per_length[n] is not None]
+        if xs:
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=_label(condition, cfg))
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([int(n) for n in lengths], labels=lengths)
+    ax.set_xlabel("document length (tokens)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title("Counterfactual retrieval, SmolLM2-135M-Instruct")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m thermoai.experiments.emt_benchmark",
+                                     description="Counterfactual long-range retrieval benchmark of Extended Mind.")
+    parser.add_argument("--out", default="docs/results", help="output folder (default docs/results)")
+    parser.add_argument("--size", choices=list(SIZES), default="default")
+    parser.add_argument("--lengths", type=int, nargs="+")
+    parser.add_argument("--docs-per-length", type=int)
+    parser.add_argument("--facts-per-doc", type=int)
+    parser.add_argument("--conditions", nargs="+", choices=CONDITIONS)
+    parser.add_argument("--topk", type=int)
+    parser.add_argument("--position-mode")
+    parser.add_argument("--layer-fraction", type=float)
+    parser.add_argument("--window", type=int)
+    parser.add_argument("--stride", type=int)
+    parser.add_argument("--ablation-length", type=int)
+    parser.add_argument("--ablation-questions", type=int)
+    parser.add_argument("--ablate-position-modes", nargs="*")
+    parser.add_argument("--ablate-layer-fractions", type=float, nargs="*")
+    parser.add_argument("--ablate-topk", type=int, nargs="*")
+    parser.add_argument("--max-new-tokens", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--device", help="cpu or cuda")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k not in {"out", "size", "no_progress"} and v is not None}
+    command = "python -m thermoai.experiments.emt_benchmark " + " ".join(sys.argv[1:] if argv is None else argv)
+    try:
+        result = run(args.out, size=args.size, progress=not args.no_progress, command=command.strip(), **overrides)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print((Path(args.out) / "emt_benchmark.md").read_text())
+    print(f"done in {result['elapsed_s']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

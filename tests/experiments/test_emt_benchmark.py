@@ -1,0 +1,81 @@
+"""The counterfactual retrieval benchmark: its data generator, and a tiny end-to-end run."""
+
+import json
+
+import pytest
+import torch
+
+from thermoai.experiments import emt_benchmark, emt_data
+
+
+def _approx_count(text: str) -> int:
+    return len(text.split())  # a tokenizer stand-in: the generator only needs a monotone count
+
+
+def test_documents_are_deterministic_and_hold_their_facts():
+    a = emt_data.make_document(1500, 5, seed=3, count_tokens=_approx_count)
+    b = emt_data.make_document(1500, 5, seed=3, count_tokens=_approx_count)
+    c = emt_data.make_document(1500, 5, seed=4, count_tokens=_approx_count)
+    assert a.text == b.text and a.facts == b.facts and a.text != c.text
+    assert 1200 <= a.n_tokens <= 1500
+    offsets = [a.text.index(f.statement) for f in a.facts]
+    assert offsets == a.fact_offsets
+    # facts spread over the document: one in each fifth
+    depths = sorted(o / len(a.text) for o in offsets)
+    assert all(i / 5 <= d < (i + 1) / 5 for i, d in enumerate(depths)), depths
+
+
+def test_answers_are_unknowable_and_unambiguous():
+    filler = "\n".join(emt_data.filler_paragraphs()).lower()
+    facts = emt_data.make_facts(40, seed=11)
+    answers = [f.answer.lower() for f in facts]
+    assert len(set(answers)) == 40
+    assert not any(a in filler for a in answers)
+    for f in facts:
+        assert f.answer in f.statement and f.answer.lower() not in f.question.lower()
+        others = [a for a in answers if a != f.answer.lower()]
+        assert not any(o in f.statement.lower() for o in others)
+    assert {f.kind for f in facts} == {"fictional", "altered"}
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="n_facts"):
+        emt_data.make_facts(0, seed=1)
+    with pytest.raises(ValueError, match="conditions"):
+        emt_benchmark.run("/tmp/unused", quick=True, conditions=("oracle",))
+    with pytest.raises(ValueError, match="size"):
+        emt_benchmark.run("/tmp/unused", size="huge")
+    with pytest.raises(ValueError, match="fraction"):
+        emt_benchmark.evenly_spaced_layers(30, 0.0)
+
+
+def test_evenly_spaced_layers():
+    assert emt_benchmark.evenly_spaced_layers(30, 1.0) == list(range(30))
+    assert emt_benchmark.evenly_spaced_layers(30, 0.1) == [0, 14, 29]
+    assert emt_benchmark.evenly_spaced_layers(30, 0.01) == [29]
+
+
+def test_quick_run_writes_a_consistent_report(tmp_path):
+    from thermoai.memory import load_model
+
+    model, tokenizer = load_model()
+    result = emt_benchmark.run(tmp_path, quick=True, model=model, tokenizer=tokenizer, progress=False, threads=1)
+    for suffix in ("md", "json", "png"):
+        assert (tmp_path / f"emt_benchmark.{suffix}").stat().st_size > 0
+    saved = json.loads((tmp_path / "emt_benchmark.json").read_text())
+    assert saved["accuracy"] == result["accuracy"]
+    cfg = emt_benchmark.SIZES["quick"]
+    n = cfg.docs_per_length * cfg.facts_per_doc
+    questions = {}
+    for condition in emt_benchmark.CONDITIONS:
+        entry = result["accuracy"][condition][str(cfg.lengths[0])]
+        assert entry["total"] == n
+        rows = [r for r in result["records"] if r["condition"] == condition]
+        questions[condition] = [r["question"] for r in rows]
+        assert entry["correct"] == sum(emt_benchmark.is_correct(r["expected"], r["generated"]) for r in rows)
+    assert len({tuple(q) for q in questions.values()}) == 1  # every method saw the same questions
+    assert [e["value"] for e in result["ablations"]["position_mode"]] == list(cfg.ablate_position_modes)
+    assert result["ablations"]["layer_fraction"][0]["layers"] == emt_benchmark.evenly_spaced_layers(30, 0.5)
+    report = (tmp_path / "emt_benchmark.md").read_text()
+    assert "Extended Mind + retrieval augmentation" in report and "Command:" in report
+    assert torch.get_num_threads() >= 1
