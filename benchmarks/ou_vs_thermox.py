@@ -305,13 +305,14 @@ def main() -> None:
     for r in sampled:
         lines.append(f"| {r['lib']} | {r['z']:.1f} | {r['err']:.2e} |")
     if lin:
+        n_lin = 2_000 if args.quick else 10_000  # bench_linalg's num_samples
         lines += [
             "",
             "## (c) solve / inv at equal simulated time",
             "",
-            "d = 50 Wishart A = W W^T / (2d) (thermox's linear-algebra notebook), 10,000 samples at dt = 1 for thermox",
-            "(simulated time 10,000 in the time unit of A, burn-in 0, start at 0). thermoai.thermo.linalg runs the same",
-            "dynamics time (its G = A / scale runs for 10,000 * scale time constants, sampled every time constant),",
+            f"d = 50 Wishart A = W W^T / (2d) (thermox's linear-algebra notebook), {n_lin:,} samples at dt = 1 for thermox",
+            f"(simulated time {n_lin:,} in the time unit of A, burn-in 0, start at 0). thermoai.thermo.linalg runs the same",
+            f"dynamics time (its G = A / scale runs for {n_lin:,} * scale time constants, sampled every time constant),",
             "burn-in 0, start at 0; for `solve` its injected noise is matched to thermox's D = I. The *ideal device*",
             "has 52-bit DAC/ADC, no mismatch and no readout noise; the *default device* is `Device(n_cells=50)`",
             "(8-bit DAC, 1 % mismatch, 12-bit ADC). Relative error (2-norm for solve, Frobenius for inv), mean +- sd",

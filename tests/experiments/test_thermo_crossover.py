@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from thermoai.experiments import EXPERIMENTS, thermo_crossover
 from thermoai.thermo import cost
@@ -11,14 +10,8 @@ from thermoai.thermo import cost
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # many tiny kernels in the simulator check; see tests/thermo/test_linalg.py
     out = tmp_path_factory.mktemp("thermo_crossover")
-    try:
-        res = thermo_crossover.run(out, quick=True)
-    finally:
-        torch.set_num_threads(before)
-    return out, res
+    return out, thermo_crossover.run(out, quick=True)
 
 
 def test_registered():

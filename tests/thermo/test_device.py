@@ -14,15 +14,6 @@ from thermoai.thermo.ou import OUProcess
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # small matmuls gain nothing from threads, and oversubscribed cores make them far slower
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _stable(d, g):
     M = torch.randn(d, d, generator=g, dtype=F64)
     K = torch.randn(d, d, generator=g, dtype=F64)
@@ -199,3 +190,33 @@ def test_device_bad_inputs():
         dev.run(torch.eye(2, dtype=F64), duration=1e-5, burn_in=-1.0)
     with pytest.raises(ValueError, match="rounding"):
         dev.program(torch.eye(2, dtype=F64), rounding="up")
+
+
+def test_stream_hands_over_chunks_that_continue_each_run(monkeypatch):
+    import thermoai.thermo.device as device_module
+
+    dev = Device(n_cells=2, mismatch=0.0, readout_noise=0.0, adc_bits=16, adc_range=8.0)
+    A = torch.tensor([[2.0, 0.7], [0.3, 1.5]], dtype=F64)
+    n, steps = 4000, 20
+    b = torch.tensor([[1.0, -1.0], [-0.5, 0.5]], dtype=F64).repeat(n // 2, 1)  # one fixed point per run
+    monkeypatch.setattr(device_module, "_CHUNK_STATES", 7 * n * 2)  # chunks of 7 snapshots
+    chunks = []
+    cost = dev.stream(A, b, duration=steps * 1e-6, n=n, burn_in=15e-6, generator=torch.Generator().manual_seed(4),
+                      consume=chunks.append)
+    assert [c.shape for c in chunks] == [(n, 7, 2), (n, 7, 2), (n, 6, 2)]
+    y = torch.cat(chunks, 1) - b[:, None, :]  # each run around its own fixed point
+    proc = dev.process(A)
+    S = proc.stationary_covariance() + torch.eye(2, dtype=F64) * dev.adc_step**2 / 12  # ADC rounding adds q^2/12
+    Phi, _ = proc.transition(dev.sampling_interval / dev.time_constant)
+    se = (S.diagonal() / n).sqrt()
+    # burn-in of 15 time constants leaves a bias below 1e-7: stationary around b at every snapshot (5 SE)
+    assert (y.mean(0).abs() / se).max() < 5
+    # across the chunk boundary (snapshots 6 -> 7) the state carries over: Cov(y_7, y_6) = Phi S (5 SE)
+    cross = y[:, 7].T @ y[:, 6] / n
+    se_cross = ((S.diagonal()[:, None] * S.diagonal()[None, :] + (Phi @ S) ** 2) / n).sqrt()
+    assert ((cross - Phi @ proc.stationary_covariance()).abs() / se_cross).max() < 5
+    # the same cost model as run: n runs of (burn-in + duration), 2 cells on, one conversion per cell and snapshot
+    assert cost == dev.operating_cost(n, 2, 15e-6 + steps * 1e-6, n * steps * 2)
+    assert cost.time == pytest.approx(n * 35e-6)
+    with pytest.raises(ValueError, match="b must be finite with shape"):
+        dev.stream(A, torch.zeros(3, 2, dtype=F64), duration=1e-5, n=2, consume=chunks.append)

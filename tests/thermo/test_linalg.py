@@ -18,16 +18,6 @@ from thermoai.thermo.device import Device
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tests run thousands of tiny (d <= 5) kernels; on a shared 2-core machine, waking a second
-    intra-op thread costs milliseconds per kernel, so run them on one thread and restore afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def spd(d: int, seed: int, ridge: float = 1.0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     M = torch.randn(d, d, dtype=F64, generator=g)

@@ -15,15 +15,6 @@ from thermoai.thermo.ou import OUProcess, euler_maruyama, exponential_integrator
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # small matmuls gain nothing from threads, and oversubscribed cores make them far slower
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _nonsym_2d():
     # thermox's test drift: non-symmetric, and with D = 2 I its whitened drift is not normal
     A = torch.tensor([[3.0, 2.5], [2.0, 4.0]], dtype=F64)

@@ -50,13 +50,7 @@ def _series(op: str, device: DeviceHardware, digital: DigitalHardware, accumulat
 
 def _crossover(rows: list[dict], key: str) -> int | None:
     """Smallest d from which the device wins at every larger d of the sweep."""
-    wins = [r[key] > 1 for r in rows]
-    if not wins[-1]:
-        return None
-    i = len(wins) - 1
-    while i > 0 and wins[i - 1]:
-        i -= 1
-    return rows[i]["d"]
+    return cost.lasting_win([r["d"] for r in rows], [r[key] for r in rows])
 
 
 def _validate_inverse_model(quick: bool) -> dict[str, Any]:

@@ -46,7 +46,8 @@ two add (in quadrature) to ``tol``.
   ``lyapunov`` and ``expm`` (an autocovariance) use the same formula: a second-moment estimate.
 * ``logdet`` (absolute error, Jarzynski over a quasi-static quench ladder between ``A`` and
   ``lambda_max I``, each stage relaxing for ``kappa tau``): ``Var(beta W) ~ (1/2K) sum_k (1 - l_k)^2 / l_k``, so
-  ``T = 2 kappa tau sum_k (1 - l_k)^2 / l_k / eps^2``.
+  ``T = 2 kappa tau sum_k (1 - l_k)^2 / l_k / tol^2`` (unlike the other operations, the
+  statistical error is given the whole ``tol``, not ``eps``).
 
 Device energy = ``(d P_cell + d^2 P_coupling) * t_dynamics`` + DAC conversions (``d^2`` programmed values,
 times the number of randomised roundings) + ADC conversions (``d`` per sample) + the accumulation of
@@ -377,8 +378,8 @@ def run_cost(device: DeviceHardware, d: int, n_programmed: int, burn_in_s: float
              host: DigitalHardware | None = None) -> tuple[dict[str, float], dict[str, float]]:
     """Time (s) and energy (J) breakdowns of one device run: programming ``n_programmed`` values through
     the DACs, ``burn_in_s + averaging_s`` of dynamics, ``n_samples`` readouts of ``d`` cells, and (for
-    second moments) accumulating ``x x^T`` on the host or in on-chip integrators. Shared by the analytical
-    model above and by :mod:`thermoai.thermo.linalg`, so both account alike."""
+    second moments) accumulating ``x x^T`` on the host or in on-chip integrators. (The simulator,
+    :mod:`thermoai.thermo.linalg`, charges through :meth:`thermoai.thermo.device.Device.operating_cost`.)"""
     hw = host or DigitalHardware()
     dac_channels = device.dac_channels or d
     adc_channels = device.adc_channels or d
@@ -425,7 +426,13 @@ def crossover_dimension(op: Operation, kappa: float, tol: float = 1e-2, dims: Se
     if metric not in ("time", "energy"):
         raise ValueError(f"metric must be 'time' or 'energy'; got {metric!r}")
     dims = list(dims) if dims is not None else [2**k for k in range(6, 15)]
-    wins = [getattr(compare(op, d, kappa, tol, **kwargs), f"{metric}_ratio") > 1 for d in dims]
+    return lasting_win(dims, [getattr(compare(op, d, kappa, tol, **kwargs), f"{metric}_ratio") for d in dims])
+
+
+def lasting_win(dims: Sequence[int], ratios: Sequence[float]) -> int | None:
+    """Smallest d of the increasing ``dims`` from which every ratio (digital / device) is above 1, so the
+    device wins there and at every larger d of the list; ``None`` if it does not win at the largest."""
+    wins = [r > 1 for r in ratios]
     if not wins or not wins[-1]:
         return None
     i = len(wins) - 1
@@ -435,5 +442,5 @@ def crossover_dimension(op: Operation, kappa: float, tol: float = 1e-2, dims: Se
 
 
 __all__ = ["OPERATIONS", "DigitalHardware", "DeviceHardware", "CostEstimate", "Comparison", "digital_cost",
-           "device_cost", "run_cost", "compare", "crossover_dimension", "solve_averaging_time",
+           "device_cost", "run_cost", "compare", "crossover_dimension", "lasting_win", "solve_averaging_time",
            "second_moment_averaging_time", "logdet_protocol_time"]

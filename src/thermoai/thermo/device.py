@@ -25,13 +25,17 @@ Non-idealities, each with an error model that the tests check:
 * **Reading** (:meth:`Device.read`): readout noise ``N(0, readout_noise^2)``, clipping to
   ``[-adc_range, adc_range]`` and rounding to ``adc_bits`` (step ``adc_range / (2^(bits-1) - 1)``).
 
-Every operation returns ``(result, Cost)``: the device time in seconds and the energy in joules.
+Every operation returns ``(result, Cost)``: the device time in seconds and the energy in joules
+(:meth:`Device.stream`, which hands its snapshots to a callback, returns the Cost alone). The dynamics
+(:meth:`Device.process`) and the cost model of a run (:meth:`Device.operating_cost`) are defined here
+only; :mod:`thermoai.thermo.linalg` runs through them.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -41,6 +45,7 @@ from thermoai.thermo.ou import OUProcess
 __all__ = ["Cost", "Device", "quantise", "BOLTZMANN"]
 
 BOLTZMANN = 1.380649e-23  # J / K (exact, SI 2019)
+_CHUNK_STATES = 2_000_000  # states (n * steps * d) that Device.stream holds at once
 
 
 @dataclass(frozen=True)
@@ -275,6 +280,97 @@ class Device:
             )
         return n_steps
 
+    def process(self, A, D=2.0, b=None) -> OUProcess:
+        """The OU process that cells with programmed couplings ``A`` (d, d) follow, in device time (time
+        constants): ``dx = -A (x - b) ds + sqrt(D_eff) dW_s`` with ``D_eff = noise_scale^2 D + 2 sigma_th^2 I``.
+
+        ``D`` is the requested diffusion in state units^2 per time constant: a scalar (``D I``), (d,)
+        (``diag(D)``) or (d, d). ``b`` (d,) is the fixed point (zeros if None). Raises ValueError for an
+        unstable ``A``, an invalid ``D`` or a matrix larger than the device."""
+        A = torch.as_tensor(A)
+        if not A.is_floating_point():
+            A = A.to(torch.get_default_dtype())
+        if A.dim() != 2:
+            raise ValueError(f"A must be a (d, d) matrix; got shape {tuple(A.shape)}")
+        self._check_fits(A, "A")
+        d = A.shape[0]
+        Dt = torch.as_tensor(D, dtype=A.dtype, device=A.device)
+        if Dt.dim() == 0:
+            Dt = Dt * torch.eye(d, dtype=A.dtype, device=A.device)
+        elif Dt.dim() == 1:
+            if Dt.shape[0] != d:
+                raise ValueError(f"D as a vector must have shape ({d},); got {tuple(Dt.shape)}")
+            Dt = torch.diag(Dt)
+        D_eff = self.noise_scale**2 * Dt + 2 * self.thermal_variance * torch.eye(d, dtype=A.dtype, device=A.device)
+        return OUProcess(A, D_eff, b)
+
+    def operating_cost(self, n_runs: int, d: int, seconds: float, conversions: int) -> Cost:
+        """Cost of ``n_runs`` runs made one after another, each keeping ``d`` cells on for ``seconds``, with
+        ``conversions`` ADC conversions in all: time ``n_runs seconds``, energy ``n_runs d power_per_cell
+        seconds + conversions adc_energy_per_conversion``. The cost model of :meth:`run` and :meth:`stream`;
+        protocols that drive the cells otherwise (e.g. a quench ladder) charge through it too."""
+        energy = n_runs * d * self.power_per_cell * seconds + conversions * self.adc_energy_per_conversion
+        return Cost(n_runs * seconds, energy)
+
+    def stream(
+        self,
+        A,
+        b=None,
+        duration: float = 1e-3,
+        D=2.0,
+        x0=None,
+        n: int = 1,
+        burn_in: float = 0.0,
+        generator: torch.Generator | None = None,
+        *,
+        consume: Callable[[Tensor], Any],
+    ) -> Cost:
+        """:meth:`run` without keeping the snapshots: they are handed to ``consume(chunk)`` in time order,
+        chunk by chunk (``chunk`` (n, S, d) as read, at most about 2e6 states at once), so long averages
+        run in bounded memory. Same arguments, dynamics, noise draws and cost as :meth:`run`, except that
+        ``b`` may also be (n, d): one fixed point per run (runs that differ only in their programmed bias).
+
+        The cells are simulated exactly (:meth:`process`): one exact jump over the burn-in, then exact
+        transitions between consecutive snapshots. Returns the :class:`Cost` (see :meth:`run`).
+        """
+        proc = self.process(A, D)
+        d = proc.dim
+        if isinstance(burn_in, bool) or not isinstance(burn_in, (int, float)) or not (0 <= burn_in < math.inf):
+            raise ValueError(f"burn_in must be a non-negative number of seconds; got {burn_in!r}")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive integer; got {n!r}")
+        n_steps = self._n_steps(duration)
+        if x0 is not None:
+            x0 = proc._check_state(x0, "x0").to(proc.dtype)
+            if x0.dim() == 2:
+                if n not in (1, x0.shape[0]):
+                    raise ValueError(f"n = {n} does not match x0 of shape {tuple(x0.shape)}")
+                n = x0.shape[0]
+            elif x0.dim() != 1:
+                raise ValueError(f"x0 must have shape (d,) or (n, d); got {tuple(x0.shape)}")
+        if b is None:
+            shift = torch.zeros(n, d, dtype=proc.dtype, device=proc.device)
+        else:
+            shift = torch.as_tensor(b, dtype=proc.dtype, device=proc.device)
+            if shift.shape not in ((d,), (n, d)) or not bool(torch.isfinite(shift).all()):
+                raise ValueError(f"b must be finite with shape ({d},) or ({n}, {d}); got {tuple(shift.shape)}")
+            shift = shift.expand(n, d)
+        # the cells hold x = y + b with y the zero-mean process: the same linear dynamics for every b
+        y = -shift if x0 is None else x0.expand(n, d) - shift
+        burn = burn_in / self.time_constant
+        if burn > 0:
+            y = proc.sample(y, torch.tensor([0.0, burn], dtype=torch.float64), generator=generator)[:, -1]
+        dt = self.sampling_interval / self.time_constant
+        chunk = max(1, _CHUNK_STATES // (n * d))
+        done = 0
+        while done < n_steps:
+            S = min(chunk, n_steps - done)
+            path = proc.sample(y, dt * torch.arange(S + 1, dtype=torch.float64), generator=generator)[:, 1:]
+            y = path[:, -1]
+            consume(self.read(path + shift[:, None, :], generator=generator)[0])
+            done += S
+        return self.operating_cost(n, d, burn_in + n_steps * self.sampling_interval, n * n_steps * d)
+
     def run(
         self,
         A,
@@ -291,51 +387,22 @@ class Device:
 
         Args:
             A: (d, d) programmed couplings (the output of :meth:`program`); must be stable.
-            b: (d,) programmed bias (state units), zeros if None.
+            b: (d,) fixed point of the programmed cells (state units), zeros if None.
             duration (s): reading window; snapshots every ``sampling_interval`` (see :meth:`sample_times`).
             D: requested diffusion in state units^2 per time constant (scalar, (d,) or (d, d)); the default
                 2 gives stationary covariance A^{-1} for symmetric A. Scaled by ``noise_scale^2``, plus the
-                thermal floor.
+                thermal floor (:meth:`process`).
             x0: (d,) or (n, d) start at time 0 (state units); zeros (cells reset) if None.
-            n: number of repetitions, run one after another.
+            n: number of repetitions, run one after another (taken from x0 when it is (n, d)).
             burn_in (s): time run before the first snapshot, not read.
             generator: for the dynamics' noise and the readout noise.
 
         Returns:
             samples (n, T, d) as read, T = floor(duration / sampling_interval), at :meth:`sample_times`;
             Cost with time ``n (burn_in + duration)`` and energy ``n d power_per_cell (burn_in + duration)``
-            plus ``n T d`` ADC conversions.
+            plus ``n T d`` ADC conversions (:meth:`operating_cost`). :meth:`stream` does the same run without
+            keeping the samples.
         """
-        A = torch.as_tensor(A)
-        if not A.is_floating_point():
-            A = A.to(torch.get_default_dtype())
-        if A.dim() != 2:
-            raise ValueError(f"A must be a (d, d) matrix; got shape {tuple(A.shape)}")
-        self._check_fits(A, "A")
-        d = A.shape[0]
-        if isinstance(burn_in, bool) or not isinstance(burn_in, (int, float)) or not (burn_in >= 0):
-            raise ValueError(f"burn_in must be a non-negative number of seconds; got {burn_in!r}")
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive integer; got {n!r}")
-        n_steps = self._n_steps(duration)
-        Dt = torch.as_tensor(D, dtype=A.dtype, device=A.device)
-        if Dt.dim() == 0:
-            Dt = Dt * torch.eye(d, dtype=A.dtype, device=A.device)
-        elif Dt.dim() == 1:
-            if Dt.shape[0] != d:
-                raise ValueError(f"D as a vector must have shape ({d},); got {tuple(Dt.shape)}")
-            Dt = torch.diag(Dt)
-        D_eff = self.noise_scale**2 * Dt + 2 * self.thermal_variance * torch.eye(d, dtype=A.dtype, device=A.device)
-        proc = OUProcess(A, D_eff, b)
-        if x0 is None:
-            x0 = torch.zeros(d, dtype=proc.dtype, device=proc.device)
-        dt_dev = self.sampling_interval / self.time_constant
-        grid = dt_dev * torch.arange(0, n_steps + 1, dtype=torch.float64)
-        if burn_in > 0:
-            grid = torch.cat([torch.zeros(1, dtype=torch.float64), grid + burn_in / self.time_constant])
-        paths = proc.sample(x0, grid, n=n if torch.as_tensor(x0).dim() == 1 else None, generator=generator)
-        snaps = paths[:, grid.shape[0] - n_steps :]
-        samples, read_cost = self.read(snaps, generator=generator)
-        on_time = burn_in + n_steps * self.sampling_interval
-        energy = n * d * self.power_per_cell * on_time + read_cost.energy
-        return samples, Cost(n * on_time, energy)
+        chunks: list[Tensor] = []
+        cost = self.stream(A, b, duration, D, x0, n, burn_in, generator, consume=chunks.append)
+        return torch.cat(chunks, dim=1), cost

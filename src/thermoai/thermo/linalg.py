@@ -55,7 +55,10 @@ in (0, 1]: the estimator has finite variance for any protocol, whereas the oppos
 **Error mitigation** (arXiv 2401.16231): ``roundings=K`` programs the matrix ``K`` times with unbiased
 stochastic rounding (``rounding="stochastic"``) and averages the ``K`` answers (the averaging time is
 shared among them), so the first-order quantisation error falls as ``1/sqrt(K)`` down to its ``O(q^2)``
-bias. The chip's mismatch pattern is the same at every programming and is not averaged away.
+bias. Programming is :meth:`Device.program`: the caller's ``generator`` drives the rounding, while the
+chip's mismatch pattern (fixed by ``device.seed``) is the same at every programming and is not averaged
+away. The dynamics, readout and cost come from the device too: :meth:`Device.stream` (snapshots streamed
+into running sums) and :meth:`Device.operating_cost` (the logdet ladder).
 
 **Quantisation model** (first order, reported as ``error_breakdown["quantisation"]``): with ``V_ij`` the
 variance of the programming error of entry ``(i, j)`` (``q^2/12`` for nearest rounding, ``f(1-f) q^2/K``
@@ -77,12 +80,11 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from thermoai.thermo.device import Cost, Device, quantise
+from thermoai.thermo.device import Cost, Device
 from thermoai.thermo.ou import OUProcess
 
 __all__ = ["Report", "Result", "solve", "inv", "lyapunov", "expm", "logdet"]
 
-_CHUNK_ELEMENTS = 2_000_000  # states held at once while averaging (n * steps * d)
 _BATCHES = 16  # batch means for the error estimate of lyapunov/expm
 
 
@@ -116,23 +118,32 @@ class Result(NamedTuple):
 # --------------------------------------------------------------------------------------------- input checks
 
 
-def _matrix(A: Any, name: str) -> Tensor:
-    if isinstance(A, Tensor):
-        t = A
+def _real64(x: Any, name: str) -> Tensor:
+    """``x`` as a detached float64 tensor; TypeError for non-numeric, complex or boolean input."""
+    if isinstance(x, Tensor):
+        t = x.detach()
     else:
         try:
-            t = torch.as_tensor(A)
+            t = torch.as_tensor(x)
         except (TypeError, ValueError, RuntimeError) as e:
-            raise TypeError(f"{name} must be a tensor or array-like of numbers; got {type(A).__name__}") from e
+            raise TypeError(f"{name} must be a tensor or array-like of numbers; got {type(x).__name__}") from e
     if t.is_complex() or t.dtype == torch.bool:
         raise TypeError(f"{name} must be real-valued; got dtype {t.dtype}")
+    return t.to(torch.float64)
+
+
+def _check_finite(t: Tensor, name: str) -> None:
+    if not bool(torch.isfinite(t).all()):
+        bad = "NaN" if bool(torch.isnan(t).any()) else "Inf"
+        raise ValueError(f"{name} must have finite entries; got {bad}")
+
+
+def _matrix(A: Any, name: str) -> Tensor:
+    t = _real64(A, name)
     if t.dim() != 2 or t.shape[0] != t.shape[1] or t.shape[0] == 0:
         raise ValueError(f"{name} must be a square (d, d) matrix with d >= 1; got shape {tuple(t.shape)}")
-    t64 = t.detach().to(torch.float64)
-    if not bool(torch.isfinite(t64).all()):
-        bad = "NaN" if bool(torch.isnan(t64).any()) else "Inf"
-        raise ValueError(f"{name} must have finite entries; got {bad}")
-    return t64
+    _check_finite(t, name)
+    return t
 
 
 def _out_dtype(*xs: Any) -> torch.dtype:
@@ -197,35 +208,29 @@ def _device_for(device: Device | None, d: int) -> Device:
     return device
 
 
-# ------------------------------------------------------------------------------------- programming (adapter)
+# ------------------------------------------------------------------------------------- programming errors
 
 
+def _mirror_upper(M: Tensor) -> Tensor:
+    """The upper triangle of ``M`` mirrored: exactly symmetric, so :meth:`Device.program` uses one physical
+    coupling per cell pair (``M`` is symmetric to 1e-12 when this is called)."""
+    return torch.triu(M) + torch.triu(M, 1).mT
 
 
-def _program(device: Device, M: Tensor, rounding: str, generator: torch.Generator | None,
-             symmetric: bool) -> tuple[Tensor, Tensor, Tensor, Cost]:
-    """Program ``M`` with the chip's fixed mismatch and (possibly stochastic) rounding drawn from
-    ``generator``. Returns (programmed values, per-entry rounding-error variance of the model, per-entry
-    mismatch variance, cost).
-
-    :meth:`Device.program` draws stochastic rounding from the global RNG and a *fresh* chip when given a
-    generator; here the rounding must follow ``generator`` while the chip stays the same, so the chip's
-    gain pattern is read by programming ones (exactly representable) and applied to our own rounding.
-    """
+def _programming_variances(device: Device, M: Tensor, rounding: str) -> tuple[Tensor, Tensor]:
+    """Per-entry variances of the error :meth:`Device.program` makes on ``M`` (the first-order model of the
+    module docstring): rounding (``q^2/12`` nearest, ``f (1 - f) q^2`` stochastic, ``f`` the fractional part
+    of ``M / q``) and mismatch (``(mismatch M_ij)^2``)."""
     full = float(M.abs().max())
-    gains, cost = device.program(torch.ones_like(M))
-    if full == 0:
-        return M.clone(), torch.zeros_like(M), torch.zeros_like(M), cost
+    if full == 0:  # nothing to program: zeros stay zero
+        return torch.zeros_like(M), torch.zeros_like(M)
     step = device.dac_step(full)
-    Q = quantise(M, device.dac_bits, full, rounding, generator)
     if rounding == "nearest":
         var = torch.full_like(M, step**2 / 12.0)
     else:
         f = M / step - torch.floor(M / step)
         var = f * (1 - f) * step**2
-    if symmetric:  # one physical component per cell pair: the upper triangle is mirrored
-        Q, gains, var = (torch.triu(X) + torch.triu(X, 1).mT for X in (Q, gains, var))
-    return Q * gains, var, (device.mismatch * Q) ** 2, cost
+    return var, (device.mismatch * M) ** 2
 
 
 def _quant_var_solve(Ginv: Tensor, x: Tensor, varG: Tensor, varc: Tensor, symmetric: bool) -> float:
@@ -264,39 +269,7 @@ def _combine_quant(var_round: float, var_mismatch: float, rounding: str, roundin
     return var_round / (roundings if rounding == "stochastic" else 1) + var_mismatch
 
 
-# ------------------------------------------------------------------------------------------------ dynamics
-
-
-def _noise(device: Device, D: Tensor) -> Tensor:
-    """Effective diffusion of the cells, as :meth:`Device.run`: injected noise plus the kT/C floor."""
-    d = D.shape[0]
-    return device.noise_scale**2 * D + 2 * device.thermal_variance * torch.eye(d, dtype=D.dtype)
-
-
-def _run(device: Device, proc: OUProcess, y0: Tensor, t_burn: float, n_avg: int,
-         generator: torch.Generator | None, consume, shift: Tensor | None = None) -> Cost:
-    """Run the zero-mean process ``proc`` (time in time constants) from ``y0`` (n, d): an exact jump over
-    the burn-in, then ``n_avg`` snapshots every sampling interval. The cells hold ``y + shift``; they are
-    read through the ADC and handed to ``consume(reads)`` chunk by chunk, in order. Returns the device
-    cost (time, cell power, conversions) of the ``n`` runs made one after another."""
-    n, d = y0.shape
-    y = y0
-    if t_burn > 0:
-        y = proc.sample(y, torch.tensor([0.0, t_burn], dtype=torch.float64), generator=generator)[:, -1]
-    dt = device.sampling_interval / device.time_constant
-    chunk = max(1, _CHUNK_ELEMENTS // max(1, n * d))
-    done = 0
-    while done < n_avg:
-        S = min(chunk, n_avg - done)
-        path = proc.sample(y, dt * torch.arange(S + 1, dtype=torch.float64), generator=generator)[:, 1:]
-        y = path[:, -1]
-        if shift is not None:
-            path = path + shift[:, None, :]
-        consume(device.read(path, generator=generator)[0])
-        done += S
-    on_time = (t_burn + n_avg * dt) * device.time_constant
-    energy = n * d * device.power_per_cell * on_time + n * n_avg * d * device.adc_energy_per_conversion
-    return Cost(n * on_time, energy)
+# ------------------------------------------------------------------------------------ streamed running sums
 
 
 class _Moments:
@@ -339,13 +312,23 @@ class _Moments:
         return self.sums / self.counts.clamp_min(1)[None, :, None, None]
 
 
-def _batch_error(mom: _Moments, transform, total: Tensor) -> Tensor:
-    """Squared standard error (per run) of ``transform(mean)`` from batch means, Frobenius norm."""
+def _batch_error(mom: _Moments) -> Tensor:
+    """Squared standard error (per run) of ``mom.mean()`` from batch means, Frobenius norm."""
     if mom.B < 2:
-        return torch.full(total.shape[:1], float("nan"), dtype=torch.float64)
-    bm = transform(mom.batch_means())  # (n, B, d, d)
+        return torch.full(mom.sums.shape[:1], float("nan"), dtype=torch.float64)
+    bm = mom.batch_means()  # (n, B, d, d)
     dev = bm - bm.mean(1, keepdim=True)
     return (dev**2).sum((-2, -1)).sum(1) / (mom.B * (mom.B - 1))
+
+
+def _stream_moments(device: Device, Gq: Tensor, D: Tensor, n: int, t_burn: float, n_avg: int,
+                    generator: torch.Generator | None, lag: int = 0) -> tuple[_Moments, Cost]:
+    """``n`` runs of the programmed cells from reset (x = 0), zero fixed point: burn-in ``t_burn`` time
+    constants, then ``n_avg`` snapshots streamed into the moments ``x_{k+lag} x_k^T``."""
+    mom = _Moments(n, Gq.shape[0], n_avg, lag=lag)
+    cost = device.stream(Gq, None, n_avg * device.sampling_interval, D, n=n, burn_in=t_burn * device.time_constant,
+                         generator=generator, consume=mom)
+    return mom, cost
 
 
 def _read_bias(device: Device) -> float:
@@ -373,6 +356,18 @@ def _times(device: Device, tol: float, kappa: float, burn_in_s: float | None, av
 
 def _n_steps(device: Device, t_avg: float) -> int:
     return max(1, math.ceil(t_avg * device.time_constant / device.sampling_interval - 1e-9))
+
+
+def _gershgorin_scaled(A64: Tensor) -> tuple[float, Tensor]:
+    """``(scale, G = A / scale)`` with ``scale`` the largest absolute row sum of ``A`` (a Gershgorin bound):
+    every rate of ``G`` is at most 1 (one over the time constant) and every entry fits the DAC."""
+    scale = float(A64.abs().sum(1).max())
+    return scale, A64 / scale
+
+
+def _check_noise(device: Device, op: str, why: str = "the answer is read from the noise") -> None:
+    if device.noise_scale == 0:
+        raise ValueError(f"device.noise_scale must be positive for {op}: {why}")
 
 
 def _runs(runs: int | None) -> int:
@@ -405,21 +400,11 @@ def solve(A: Any, b: Any, *, tol: float = 1e-2, burn_in_s: float | None = None, 
     """
     A64 = _matrix(A, "A")
     d = A64.shape[0]
-    if isinstance(b, Tensor):
-        b64 = b.detach()
-    else:
-        try:
-            b64 = torch.as_tensor(b)
-        except (TypeError, ValueError, RuntimeError) as e:
-            raise TypeError(f"b must be a tensor or array-like of numbers; got {type(b).__name__}") from e
-    if b64.is_complex() or b64.dtype == torch.bool:
-        raise TypeError(f"b must be real-valued; got dtype {b64.dtype}")
-    b64 = b64.to(torch.float64)
+    b64 = _real64(b, "b")
     if b64.dim() not in (1, 2) or b64.shape[-1] != d:
         raise ValueError(f"b must have shape ({d},) or (k, {d}) to match A of shape {tuple(A64.shape)}; "
                          f"got {tuple(b64.shape)}")
-    if not bool(torch.isfinite(b64).all()):
-        raise ValueError("b must have finite entries; got NaN or Inf")
+    _check_finite(b64, "b")
     _common(tol, roundings, rounding, burn_in_s, averaging_s)
     if isinstance(diffusion, bool) or not isinstance(diffusion, (int, float)) or not (0 <= diffusion < math.inf):
         raise ValueError(f"diffusion must be a finite non-negative number; got {diffusion!r}")
@@ -427,8 +412,7 @@ def solve(A: Any, b: Any, *, tol: float = 1e-2, burn_in_s: float | None = None, 
     _min_real_eig(A64, "A")
     B = b64.reshape(-1, d)
     k = B.shape[0]
-    scale = float(A64.abs().sum(1).max())
-    G = A64 / scale
+    scale, G = _gershgorin_scaled(A64)
     symmetric = _is_symmetric(G)
     r = device.adc_range / 2
     sigma_min = float(torch.linalg.svdvals(G).min())
@@ -444,28 +428,31 @@ def solve(A: Any, b: Any, *, tol: float = 1e-2, burn_in_s: float | None = None, 
     n_avg = _n_steps(device, t_avg / roundings)
     D = diffusion * torch.eye(d, dtype=torch.float64)
 
+    G_prog = _mirror_upper(G) if symmetric else G
+    vG, mG = _programming_variances(device, G_prog, rounding)
+    vC = [_programming_variances(device, C[i], rounding) for i in range(k)]
     total = torch.zeros(k, d, dtype=torch.float64)
     cost = Cost()
     stat_var = torch.zeros(k, dtype=torch.float64)
     q_round = torch.zeros(k, dtype=torch.float64)
     q_mis = torch.zeros(k, dtype=torch.float64)
     for _ in range(roundings):
-        Gq, vG, mG, cost_g = _program(device, G, rounding, generator, symmetric)
+        Gq, cost_g = device.program(G_prog, generator, rounding)
         _min_real_eig(Gq, "A", "the programmed (quantised) matrix (use more dac_bits)")
-        progs = [_program(device, C[i], rounding, generator, False) for i in range(k)]
+        progs = [device.program(C[i], generator, rounding) for i in range(k)]
         Cq = torch.stack([p[0] for p in progs])
-        cost = cost + cost_g + sum((p[3] for p in progs), Cost())
+        cost = cost + cost_g + sum((p[1] for p in progs), Cost())
         x_star = torch.linalg.solve(Gq, Cq.mT).mT  # the programmed chip's fixed point (simulator side)
         acc = torch.zeros(k, d, dtype=torch.float64)
-        proc = OUProcess(Gq, _noise(device, D))
-        # cells hold x = y + x*, y the zero-mean OU: same linear dynamics, so the exact transitions carry over
-        cost = cost + _run(device, proc, -x_star, t_burn, n_avg, generator,
-                           lambda reads: acc.add_(reads.sum(1)), shift=x_star)
+        # one run per right-hand side, each with its own fixed point, from reset cells (x = 0)
+        cost = cost + device.stream(Gq, x_star, n_avg * device.sampling_interval, D, n=k,
+                                    burn_in=t_burn * device.time_constant, generator=generator,
+                                    consume=lambda reads: acc.add_(reads.sum(1)))
         total += acc / n_avg
         # statistical error of this average of N snapshots of the stationary chain y_{k+1} = F y_k + e_k:
         # Var = (1/N) [S + M S + S M^T], M = sum_{l<N} (1 - l/N) F^l = F (I-F)^-1 - F (I - F^N)(I-F)^-2 / N,
         # plus the white readout noise
-        Sig = proc.stationary_covariance().to(torch.float64)
+        Sig = device.process(Gq, D).stationary_covariance().to(torch.float64)
         F = torch.linalg.matrix_exp(-Gq * dt)
         eye = torch.eye(d, dtype=torch.float64)
         IF = torch.linalg.inv(eye - F)
@@ -473,8 +460,8 @@ def solve(A: Any, b: Any, *, tol: float = 1e-2, burn_in_s: float | None = None, 
         stat_var += (torch.trace(Sig + Mn @ Sig + Sig @ Mn.mT) + d * device.readout_noise**2) / n_avg
         Ginv = torch.linalg.inv(Gq)
         for i in range(k):
-            q_round[i] += _quant_var_solve(Ginv, x_star[i], vG, progs[i][1], symmetric) / roundings
-            q_mis[i] += _quant_var_solve(Ginv, x_star[i], mG, progs[i][2], symmetric) / roundings
+            q_round[i] += _quant_var_solve(Ginv, x_star[i], vG, vC[i][0], symmetric) / roundings
+            q_mis[i] += _quant_var_solve(Ginv, x_star[i], mG, vC[i][1], symmetric) / roundings
     x_dev = total / roundings
     x_norm = torch.linalg.solve(G, C.mT).mT.norm(dim=1).clamp_min(1e-300)
     stat = ((stat_var / roundings**2).sqrt() / x_norm).pow(2).mean().sqrt()
@@ -526,10 +513,8 @@ def inv(A: Any, *, tol: float = 5e-2, burn_in_s: float | None = None, averaging_
     n = _runs(runs)
     device = _device_for(device, d)
     _check_spd(A64, "A")
-    if device.noise_scale == 0:
-        raise ValueError("device.noise_scale must be positive for inv: the answer is read from the noise")
-    scale = float(A64.abs().sum(1).max())
-    G = A64 / scale
+    _check_noise(device, "inv")
+    scale, G = _gershgorin_scaled(A64)
     lam = torch.linalg.eigvalsh(G)
     kappa = 1.0 / float(lam.min())
     eps_stat = tol * math.sqrt(3) / 2
@@ -542,15 +527,16 @@ def inv(A: Any, *, tol: float = 5e-2, burn_in_s: float | None = None, averaging_
     total = torch.zeros(n, d, d, dtype=torch.float64)
     cost = Cost()
     stat2, q_round, q_mis = 0.0, 0.0, 0.0
+    G_prog = _mirror_upper(G)
+    vG, mG = _programming_variances(device, G_prog, rounding)
     for _ in range(roundings):
-        Gq, vG, mG, c = _program(device, G, rounding, generator, True)
+        Gq, c = device.program(G_prog, generator, rounding)
         try:
             _check_spd(Gq, "the programmed (quantised) A")
         except ValueError as e:
             raise ValueError(f"{e}; use more dac_bits") from None
-        proc = OUProcess(Gq, _noise(device, D))
-        mom = _Moments(n, d, n_avg)
-        cost = cost + c + _run(device, proc, torch.zeros(n, d, dtype=torch.float64), t_burn, n_avg, generator, mom)
+        mom, c_run = _stream_moments(device, Gq, D, n, t_burn, n_avg, generator)
+        cost = cost + c + c_run
         total += mom.mean() - _read_bias(device) * torch.eye(d, dtype=torch.float64)
         stat2 += _second_moment_errors(torch.linalg.eigvalsh(Gq), v, dt, n_avg) ** 2
         Ginv = torch.linalg.inv(Gq)
@@ -592,11 +578,9 @@ def lyapunov(A: Any, C: Any, *, tol: float = 5e-2, burn_in_s: float | None = Non
     _common(tol, roundings, rounding, burn_in_s, averaging_s)
     n = _runs(runs)
     device = _device_for(device, d)
-    if device.noise_scale == 0:
-        raise ValueError("device.noise_scale must be positive for lyapunov: the answer is read from the noise")
+    _check_noise(device, "lyapunov")
     _min_real_eig(A64, "A")
-    scale = float(A64.abs().sum(1).max())
-    G = A64 / scale
+    scale, G = _gershgorin_scaled(A64)
     c_max = float(C64.abs().max())
     Cn = C64 / c_max
     symmetric = _is_symmetric(G)
@@ -611,20 +595,21 @@ def lyapunov(A: Any, C: Any, *, tol: float = 5e-2, burn_in_s: float | None = Non
     programmed = torch.zeros(d, d, dtype=torch.float64)
     cost = Cost()
     err2 = torch.zeros(n, dtype=torch.float64)
+    G_prog = _mirror_upper(G) if symmetric else G
+    C_prog = _mirror_upper(Cn)
     for _ in range(roundings):
-        Gq, _, _, c1 = _program(device, G, rounding, generator, symmetric)
-        Cq, _, _, c2 = _program(device, Cn, rounding, generator, True)
+        Gq, c1 = device.program(G_prog, generator, rounding)
+        Cq, c2 = device.program(C_prog, generator, rounding)
         _min_real_eig(Gq, "A", "the programmed (quantised) matrix (use more dac_bits)")
         try:
-            proc = OUProcess(Gq, _noise(device, s2 * Cq))
+            proc = device.process(Gq, s2 * Cq)
         except ValueError as e:
             raise ValueError(f"the programmed noise covariance C is not valid ({e}); use more dac_bits") from None
         programmed += proc.stationary_covariance().to(torch.float64) / v
-        mom = _Moments(n, d, n_avg)
-        cost = cost + c1 + c2 + _run(device, proc, torch.zeros(n, d, dtype=torch.float64), t_burn, n_avg,
-                                     generator, mom)
+        mom, c_run = _stream_moments(device, Gq, s2 * Cq, n, t_burn, n_avg, generator)
+        cost = cost + c1 + c2 + c_run
         total += mom.mean() - _read_bias(device) * torch.eye(d, dtype=torch.float64)
-        err2 += _batch_error(mom, lambda S: S, total)
+        err2 += _batch_error(mom)
     X_dev = total / roundings / v
     norm = float(X_ideal.norm())
     errors = {"statistical": float((err2.sqrt() / roundings / v / norm).pow(2).mean().sqrt()), "burn_in": bias,
@@ -661,8 +646,7 @@ def expm(A: Any, t: float = 1.0, *, shift: float | None = None, tol: float = 0.1
     _common(tol, roundings, rounding, burn_in_s, averaging_s)
     n = _runs(runs)
     device = _device_for(device, d)
-    if device.noise_scale == 0:
-        raise ValueError("device.noise_scale must be positive for expm: the answer is read from the noise")
+    _check_noise(device, "expm")
     Bm = -t * A64
     mu = float(torch.linalg.eigvalsh(0.5 * (Bm + Bm.mT)).min())
     if shift is None:
@@ -694,18 +678,19 @@ def expm(A: Any, t: float = 1.0, *, shift: float | None = None, tol: float = 0.1
     cost = Cost()
     err2 = torch.zeros(n, dtype=torch.float64)
     v = device.noise_scale**2
+    G_prog = _mirror_upper(G) if symmetric else G
     for _ in range(roundings):
-        Gq, _, _, c1 = _program(device, G, rounding, generator, symmetric)
+        Gq, c1 = device.program(G_prog, generator, rounding)
         sym_min = float(torch.linalg.eigvalsh(Gq + Gq.mT).min())
         if not sym_min > 0:
             raise ValueError("the programmed (quantised) drift lost a positive-definite symmetric part (smallest "
                              f"eigenvalue of G + G^T: {sym_min:.3g}); use more dac_bits or a larger shift")
-        proc = OUProcess(Gq, _noise(device, Gq + Gq.mT))
         programmed += torch.linalg.matrix_exp(-Gq * lag * dt)
-        mom = _Moments(n, d, n_avg, lag=lag)
-        cost = cost + c1 + _run(device, proc, torch.zeros(n, d, dtype=torch.float64), t_burn, n_avg, generator, mom)
+        # noise G + G^T of the programmed couplings (fluctuation-dissipation): stationary covariance I
+        mom, c_run = _stream_moments(device, Gq, Gq + Gq.mT, n, t_burn, n_avg, generator, lag=lag)
+        cost = cost + c1 + c_run
         total += mom.mean()
-        err2 += _batch_error(mom, lambda S: S, total)
+        err2 += _batch_error(mom)
     value = math.exp(alpha) * total / roundings / v
     norm = float(ideal.norm())
     errors = {"statistical": float((math.exp(alpha) * err2.sqrt() / roundings / v / norm).pow(2).mean().sqrt()),
@@ -746,16 +731,16 @@ def logdet(A: Any, *, tol: float = 0.1, stages: int | None = None, trajectories:
         raise ValueError(f"rounding must be 'nearest' or 'stochastic'; got {rounding!r}")
     n_runs = _runs(runs)
     device = _device_for(device, d)
-    if device.noise_scale == 0:
-        raise ValueError("device.noise_scale must be positive for logdet: the work is measured against the noise")
+    _check_noise(device, "logdet", "the work is measured against the noise")
     _check_spd(A64, "A")
-    scale = float(A64.abs().sum(1).max())
-    G = A64 / scale
+    scale, G = _gershgorin_scaled(A64)
     kappa = 1.0 / float(torch.linalg.eigvalsh(G).min())
     K = stages if stages is not None else max(1, math.ceil(d * (1 - 1 / kappa) ** 2 * kappa / 2))
     eps_stat = tol * math.sqrt(3) / 2
     n_traj = trajectories if trajectories is not None else math.ceil(4 * (math.e - 1) / eps_stat**2)
-    Gq, vG, mG, cost = _program(device, G, rounding, generator, True)
+    G_prog = _mirror_upper(G)
+    vG, mG = _programming_variances(device, G_prog, rounding)
+    Gq, cost = device.program(G_prog, generator, rounding)
     try:
         _check_spd(Gq, "the programmed (quantised) A")
     except ValueError as e:
@@ -769,9 +754,12 @@ def logdet(A: Any, *, tol: float = 0.1, stages: int | None = None, trajectories:
     # covariances relax at 2 lambda_min at G_0 = G; the start's ln det bias d e^{-2t/kappa} / 2 <= tol / 2
     kappa_q = 1.0 / float(lam_q.min())
     t_burn = 0.5 * kappa_q * math.log(max(d / tol, 1.0))
-    x = OUProcess(Gq, _noise(device, D)).sample(torch.zeros(n, d, dtype=torch.float64),
-                                                torch.tensor([0.0, t_burn], dtype=torch.float64),
-                                                generator=generator)[:, -1]
+
+    def relax(M: Tensor, x: Tensor, t: float) -> Tensor:
+        """The cells' states after ``t`` time constants at couplings ``M`` (exact, not read)."""
+        return device.process(M, D).sample(x, torch.tensor([0.0, t], dtype=torch.float64), generator=generator)[:, -1]
+
+    x = relax(Gq, torch.zeros(n, d, dtype=torch.float64), t_burn)
     W = torch.zeros(n, dtype=torch.float64)
     dG = (eye - Gq) / K  # positive semi-definite: W >= 0
     t_total = t_burn
@@ -782,8 +770,7 @@ def logdet(A: Any, *, tol: float = 0.1, stages: int | None = None, trajectories:
             break
         Gk = Gq + k * dG
         t_relax = 1.0 / float(torch.linalg.eigvalsh(Gk).min()) if relax_s is None else relax_s / device.time_constant
-        x = OUProcess(Gk, _noise(device, D)).sample(x, torch.tensor([0.0, t_relax], dtype=torch.float64),
-                                                      generator=generator)[:, -1]
+        x = relax(Gk, x, t_relax)
         t_total += t_relax
     Wr = W.reshape(n_runs, n_traj)
     log_mean = torch.logsumexp(-Wr, dim=1) - math.log(n_traj)
@@ -796,9 +783,8 @@ def logdet(A: Any, *, tol: float = 0.1, stages: int | None = None, trajectories:
     # the thermal floor raises the noise temperature a little; its bias on W is first order in it
     errors = {"statistical": float(se.pow(2).mean().sqrt()), "burn_in": d * math.exp(-2 * t_burn / kappa_q) / 2,
               "quantisation": quant}
-    on_time = t_total * device.time_constant
-    cost = cost + Cost(n * on_time, n * d * device.power_per_cell * on_time
-                       + n * K * d * device.adc_energy_per_conversion)
+    # each trajectory keeps the d cells on for the whole ladder and reads them once per stage
+    cost = cost + device.operating_cost(n, d, t_total * device.time_constant, n * K * d)
     value = value[0] if runs is None else value
     return _finish(value.to(_out_dtype(A)), cost, errors, t_burn, t_total - t_burn, n * K, 1, kappa, scale, device,
                    {"op": "logdet", "tol": tol, "stages": K, "trajectories": n_traj, "runs": n_runs,

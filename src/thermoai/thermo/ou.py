@@ -106,6 +106,11 @@ def _check_times(times, device, name: str = "times") -> Tensor:
     return t
 
 
+def _time_dtype(times) -> torch.dtype:
+    """The dtype a time grid came in (Python numbers: float64); it sets the grid's own rounding."""
+    return times.dtype if isinstance(times, Tensor) else torch.float64
+
+
 def _group_steps(times: Tensor, times_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """Distinct step lengths of a grid and, for each step, the index of its distinct length.
 
@@ -521,23 +526,13 @@ class OUProcess:
                 raise ValueError("n is required when x0 is None (stationary start)")
             x = self.sample_stationary(n, generator)
         else:
-            x0 = self._check_state(x0, "x0").to(self.dtype)
-            if x0.dim() == 1:
-                n = 1 if n is None else _check_count(n, "n")
-                x = x0.expand(n, d)
-            elif x0.dim() == 2:
-                if n is not None and _check_count(n, "n") != x0.shape[0]:
-                    raise ValueError(f"n = {n} does not match x0 of shape {tuple(x0.shape)}")
-                n = x0.shape[0]
-                x = x0
-            else:
-                raise ValueError(f"x0 must have shape (d,) or (n, d); got {tuple(x0.shape)}")
+            x = _prepare_start(self._check_state(x0, "x0").to(self.dtype), n, self.dtype, self.device)
+            n = x.shape[0]
         T = t.shape[0]
-        out = torch.empty(n, T, d, dtype=self.dtype, device=self.device)
-        out[:, 0] = x
+        out = _path_buffer(x, T)
         if T == 1:
             return out
-        tdtype = times_in.dtype if isinstance(times_in, Tensor) else torch.float64
+        tdtype = _time_dtype(times_in)
         reps, idx = _group_steps(t, tdtype)
         S, K = T - 1, reps.shape[0]
         b = self.b.detach()
@@ -674,7 +669,7 @@ class OUProcess:
         total = x.new_zeros(path.shape[:-2])
         if T == 1:
             return total.to(out_dtype)
-        tdtype = times.dtype if isinstance(times, Tensor) else torch.float64
+        tdtype = _time_dtype(times)
         reps, idx = _group_steps(t, tdtype)
         Phi, Sigma, _ = self._transitions64(reps)
         L, info = torch.linalg.cholesky_ex(Sigma)
@@ -700,6 +695,13 @@ class OUProcess:
                 u = torch.linalg.solve_triangular(L[ic], r.unsqueeze(-1), upper=False)[..., 0]
             total = total + (-0.5 * (u * u).sum(-1) - 0.5 * logdet[ic] - const).sum(-1)
         return total.to(out_dtype)
+
+
+def _path_buffer(x: Tensor, T: int) -> Tensor:
+    """An (n, T, d) buffer for paths in the dtype and device of the starts x (n, d), with ``[:, 0] = x``."""
+    out = x.new_empty(x.shape[0], T, x.shape[1])
+    out[:, 0] = x
+    return out
 
 
 def _check_count(n, name: str) -> int:
@@ -779,8 +781,7 @@ def euler_maruyama(
     n_paths, d = x.shape
     L = _diffusion_factor(D, d, x.dtype, x.device)
     T = t.shape[0]
-    out = torch.empty(n_paths, T, d, dtype=x.dtype, device=x.device)
-    out[:, 0] = x
+    out = _path_buffer(x, T)
     tt = t.to(x.dtype)
     for k in range(T - 1):
         dt = float(t[k + 1] - t[k])
@@ -821,17 +822,13 @@ def exponential_integrator(
     """
     proc = A if isinstance(A, OUProcess) else OUProcess(A, D, b)
     t = _check_times(times, proc.device)
-    x = _prepare_start(x0, n, proc.dtype, proc.device).to(proc.dtype)
+    x = _prepare_start(proc._check_state(x0, "x0").to(proc.dtype), n, proc.dtype, proc.device)
     n_paths, d = x.shape
-    if d != proc.dim:
-        raise ValueError(f"x0 must have last dimension {proc.dim}; got {d}")
     T = t.shape[0]
-    out = torch.empty(n_paths, T, d, dtype=proc.dtype, device=proc.device)
-    out[:, 0] = x
+    out = _path_buffer(x, T)
     if T == 1:
         return out
-    tdtype = times.dtype if isinstance(times, Tensor) else torch.float64
-    reps, idx = _group_steps(t, tdtype)
+    reps, idx = _group_steps(t, _time_dtype(times))
     with torch.no_grad():
         Phi64, _, L64 = proc._transitions64(reps)
         A64 = proc._A64.detach()
