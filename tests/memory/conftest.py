@@ -26,16 +26,3 @@ def smollm():
 
     return load_model()
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Run these small-matrix tests on one intra-op thread.
-
-    The matrices here are tiny, so a second thread gains little, while on a loaded machine (the test
-    suite runs beside other work on 2 cores) oversubscribed OpenMP threads made a SmolLM2 forward
-    20-40x slower. The previous setting is restored afterwards.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)

@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from thermoai.experiments.emt_data import make_document
 from thermoai.memory import commands
@@ -15,16 +14,7 @@ BUILD = ["--window", "256", "--stride", "128", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    # 1 thread: much faster than 2 when other test processes share the 2 cores
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def patched_loader(smollm, one_thread):
+def patched_loader(smollm):
     """Reuse the session's SmolLM2 instead of loading it again in every command."""
     original = commands._load_model
     commands._load_model = lambda args: smollm

@@ -104,6 +104,50 @@ def test_gqa_grouping_equals_repeated_bank(tiny, doc_ids, threshold):
     torch.testing.assert_close(out, expected, **TOL)
 
 
+def test_blocked_topk_equals_torch_topk():
+    from thermoai.memory.attention import _topk
+
+    generator = torch.Generator().manual_seed(5)
+    # long rows take the blocked path (incomplete tail block included), short ones torch.topk
+    for shape, k in (((3, 7, 5000), 10), ((2, 2, 2600), 10), ((4, 700), 3), ((2, 100), 10)):
+        scores = torch.randn(*shape, generator=generator)
+        values, idx = _topk(scores, k)
+        expected = scores.topk(k, dim=-1)
+        assert torch.equal(values, expected.values) and torch.equal(idx, expected.indices)
+    # all winners in one block, or in the tail block
+    scores = torch.randn(2, 64 * 50 + 17, generator=generator)
+    scores[0, 128:138] = 10 + torch.arange(10.0)
+    scores[1, -7:] = 10 + torch.arange(7.0)
+    values, idx = _topk(scores, 10)
+    expected = scores.topk(10, dim=-1)
+    assert torch.equal(values, expected.values) and torch.equal(idx, expected.indices)
+
+
+@pytest.mark.parametrize("s", [1, 5])
+def test_large_bank_equals_repeated_bank(tiny, doc_ids, s):
+    """(c) with 3000 memories: the blocked top-k, for one query token (decoding) and for several."""
+    import dataclasses
+
+    small = MemoryBank.build(tiny, ids=doc_ids[:30], progress=False)
+    generator = torch.Generator().manual_seed(6)
+    m = 3000
+    n_layers, n_kv, _, d = small.keys.shape
+    bank = dataclasses.replace(small, keys=torch.randn(n_layers, n_kv, m, d, generator=generator),
+                               values=torch.randn(n_layers, n_kv, m, d, generator=generator),
+                               token_ids=torch.full((m,), 5), positions=torch.arange(m),
+                               char_spans=torch.full((m, 2), -1), n_positions=m)
+    kv = 7
+    query = torch.randn(1, 4, s, d, generator=generator)
+    key = torch.randn(1, 2, kv, d, generator=generator)
+    value = torch.randn(1, 2, kv, d, generator=generator)
+    mask = torch.zeros(1, 1, s, kv).masked_fill(~torch.ones(s, kv, dtype=torch.bool).tril(kv - s), torch.finfo(torch.float32).min)
+    module = tiny.model.layers[1].self_attn
+    with attach(tiny, bank, topk=10):
+        out, _ = emt_attention(module, query, key, value, mask, scaling=d ** -0.5)
+    expected = reference_attention(query, key, value, bank.keys[1], bank.values[1], 10, d ** -0.5)
+    torch.testing.assert_close(out, expected, **TOL)
+
+
 def test_constant_and_none_positions_match_rope_of_raw_query(tiny, doc_ids):
     """Memory logits use the query rotated to distance D ("constant") or not rotated ("none")."""
     bank = MemoryBank.build(tiny, ids=doc_ids[:20], progress=False)
@@ -219,6 +263,17 @@ def test_bad_arguments(tiny, doc_ids):
         with pytest.raises(RuntimeError, match="already has an ExtendedMind"):
             attach(tiny, bank)
     assert tiny.config._attn_implementation == "sdpa"
+
+
+def test_canonical_position_mode():
+    from thermoai.memory import POSITION_MODES, canonical_position_mode
+
+    assert [canonical_position_mode(mode) for mode in POSITION_MODES] == list(POSITION_MODES)
+    assert canonical_position_mode("infllm") == "constant"
+    assert canonical_position_mode("as_if_first") == "first"
+    for bad in ("sideways", None, 3):
+        with pytest.raises(ValueError, match="position_mode"):
+            canonical_position_mode(bad)
 
 
 class ExactStandIn:

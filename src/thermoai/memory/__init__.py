@@ -14,7 +14,7 @@ Quick start::
 Needs the ``memory`` extra (transformers, gguf, accelerate). See docs/memory.md.
 """
 
-from thermoai.memory.attention import POSITION_MODES, ExtendedMind, attach, suspended
+from thermoai.memory.attention import POSITION_MODES, ExtendedMind, attach, canonical_position_mode, suspended
 from thermoai.memory.bank import MemoryBank
 from thermoai.memory.citations import Citation, cite, memory_weights, sink_memories
 from thermoai.memory.model import AdaptiveGeneration, generate_adaptive, load_model
@@ -26,6 +26,7 @@ __all__ = [
     "MemoryBank",
     "POSITION_MODES",
     "attach",
+    "canonical_position_mode",
     "cite",
     "generate_adaptive",
     "load_model",
