@@ -60,6 +60,18 @@ def test_extract_and_insert():
         T.tree_insert(p, [torch.ones(2), torch.ones(3)], lambda x: x.requires_grad)
 
 
+def test_tree_extract_keeps_structure_and_roundtrips_through_insert():
+    p = {"w": torch.ones(2, 3), "b": torch.zeros(3), "rest": [torch.ones(4, 5)]}
+    matrices = lambda x: x.ndim == 2  # noqa: E731
+    sub = T.tree_extract(p, matrices)
+    assert sub["b"] is None and sub["w"] is p["w"] and sub["rest"][0] is p["rest"][0]
+    assert T.tree_size(sub) == 6 + 20
+    doubled = T.tree_map(lambda x: 2 * x, sub)
+    full = T.tree_insert(p, doubled, matrices)
+    assert torch.equal(full["w"], 2 * p["w"]) and torch.equal(full["rest"][0], 2 * p["rest"][0])
+    assert full["b"] is p["b"]
+
+
 def test_extract_requires_grad_and_func():
     p = {"a": torch.ones(2, requires_grad=True), "b": torch.full((2,), 3.0)}
     sub, f = T.extract_requires_grad_and_func(p, lambda q, k: (q["a"] * q["b"]).sum() * k)
