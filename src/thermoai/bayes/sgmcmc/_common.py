@@ -16,7 +16,6 @@ import torch
 from torch import Tensor
 
 from thermoai import tree as T
-from thermoai.bayes import log_prob
 from thermoai.types import Schedule, TensorTree, check_non_negative, check_scalar_value, resolve_schedule
 
 Coef = float | Tensor
@@ -25,12 +24,6 @@ Coef = float | Tensor
 def is_wrapped(x: Tensor) -> bool:
     """True for tensors inside a torch.func transform (vmap/grad), where foreach kernels do not work."""
     return torch._C._functorch.is_functorch_wrapped_tensor(x)
-
-
-def value_and_grad(log_posterior: Any, params: TensorTree, batch: Any) -> tuple[Tensor, TensorTree, Any]:
-    """:func:`thermoai.bayes.log_prob.value_and_grad`, which validates the user's function and checks the
-    value and gradient for NaN/Inf (skipped inside vmap: the ensemble checks its members after the step)."""
-    return log_prob.value_and_grad(log_posterior, params, batch)
 
 
 def check_hyper(**values: Schedule) -> None:

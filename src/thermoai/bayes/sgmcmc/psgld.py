@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from thermoai import tree as T
+from thermoai.bayes import log_prob
 from thermoai.bayes.sgmcmc import _common as C
 from thermoai.types import LogProbFn, Schedule, TensorTree, Transform
 
@@ -89,7 +90,7 @@ def update(
     _check(decay, eps_reg, freeze_after)
     eps = C.resolve(lr, state.step, "lr")
     temp = C.resolve(temperature, state.step, "temperature")
-    value, grad, aux = C.value_and_grad(log_posterior, state.params, batch)
+    value, grad, aux = log_prob.value_and_grad(log_posterior, state.params, batch)
     g = T.leaves(grad)
     with torch.no_grad():
         v = T.leaves(state.square_avg)

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from thermoai import tree as T
+from thermoai.bayes import log_prob
 from thermoai.bayes.sgmcmc import _common as C
 from thermoai.types import LogProbFn, Schedule, TensorTree, Transform
 
@@ -101,7 +102,7 @@ def update(
     C.check_positive(sigma=sigma)
     eps = C.resolve(lr, state.step, "lr")
     temp = C.resolve(temperature, state.step, "temperature")
-    value, grad, aux = C.value_and_grad(log_posterior, state.params, batch)
+    value, grad, aux = log_prob.value_and_grad(log_posterior, state.params, batch)
     inv_mass = 1.0 / (sigma * sigma)
     with torch.no_grad():
         m = C.scale(T.leaves(state.momenta), 1.0 - eps * alpha * inv_mass, inplace)

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from thermoai import tree as T
+from thermoai.bayes import log_prob
 from thermoai.bayes.sgmcmc import _common as C
 from thermoai.types import LogProbFn, Schedule, TensorTree, Transform
 
@@ -70,7 +71,7 @@ def update(
     C.check_hyper(beta=beta)
     eps = C.resolve(lr, state.step, "lr")
     temp = C.resolve(temperature, state.step, "temperature")
-    value, grad, aux = C.value_and_grad(log_posterior, state.params, batch)
+    value, grad, aux = log_prob.value_and_grad(log_posterior, state.params, batch)
     with torch.no_grad():
         params = T.leaves(state.params)
         new = C.axpy(params, eps, T.leaves(grad), inplace)
