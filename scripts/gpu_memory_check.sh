@@ -31,8 +31,8 @@ start=$(date +%s)
   echo "speed rc=$?"
   echo "== benchmark table at 16k tokens ($(( $(date +%s) - start )) s)"
   timeout 330 "$PY" -m thermoai.experiments.emt_benchmark --size full --device cuda --lengths 16000 \
-      --docs-per-length "$DOCS" --facts-per-doc 10 --stride 512 --ablation-questions $(( DOCS * 5 )) \
-      --batch-size 20 --no-progress --out "$OUT"
+      --docs-per-length "$DOCS" --facts-per-doc 10 --stride 512 --ablation-length 16000 --ablation-questions $(( DOCS * 5 )) \
+      --batch-size 20 --jobs 1 --no-progress --out "$OUT"
   echo "benchmark rc=$?"
   echo "== done in $(( $(date +%s) - start )) s"
 } 2>&1 | tee "$LOG"

@@ -79,3 +79,41 @@ def test_quick_run_writes_a_consistent_report(tmp_path):
     report = (tmp_path / "emt_benchmark.md").read_text()
     assert "Extended Mind + retrieval augmentation" in report and "Command:" in report
     assert torch.get_num_threads() >= 1
+
+
+def test_parallel_documents_give_the_same_records_in_document_order(tmp_path):
+    """jobs=2 answers each document in its own process; records come back in the documents' order and
+    equal the single-process run (greedy decoding, one thread per process)."""
+    settings = dict(size="quick", docs_per_length=2, conditions=("no_document", "extended_mind"),
+                    ablate_position_modes=(), ablate_layer_fractions=(), ablate_topk=(), progress=False, threads=1)
+    serial = emt_benchmark.run(tmp_path / "serial", **settings)
+    parallel = emt_benchmark.run(tmp_path / "parallel", jobs=2, **settings)
+    keys = [(r["length"], r["doc"], r["fact"], r["condition"], r["generated"]) for r in serial["records"]]
+    assert keys == [(r["length"], r["doc"], r["fact"], r["condition"], r["generated"]) for r in parallel["records"]]
+    assert [r["doc"] for r in serial["records"]] == sorted(r["doc"] for r in serial["records"])
+    assert {r["doc"] for r in serial["records"]} == {0, 1}
+    assert serial["accuracy"] == parallel["accuracy"]
+
+
+def test_parallel_jobs_refuse_a_preloaded_model():
+    with pytest.raises(ValueError, match="jobs"):
+        emt_benchmark.run("/tmp/unused", quick=True, model=object(), tokenizer=object(), jobs=2)
+    with pytest.raises(ValueError, match="jobs"):
+        emt_benchmark.run("/tmp/unused", quick=True, jobs=0)
+
+
+def test_paired_differences_on_known_records():
+    """a right on 3 of 4 questions, b on 1 (the one a misses): differences (1, 1, 1, -1)."""
+    def rec(fact, condition, correct, kind="fictional"):
+        return {"length": 2000, "doc": 0, "fact": fact, "condition": condition, "correct": correct, "kind": kind}
+
+    records = [rec(0, "a", True), rec(1, "a", True), rec(2, "a", True), rec(3, "a", False, "altered"),
+               rec(0, "b", False), rec(1, "b", False), rec(2, "b", False), rec(3, "b", True, "altered"),
+               rec(4, "a", True)]  # no b answer: not paired
+    out = emt_benchmark.paired_differences(records, "a", "b")
+    assert (out["n"], out["a_only"], out["b_only"]) == (4, 3, 1)
+    assert out["difference"] == pytest.approx(0.5)
+    assert out["stderr"] == pytest.approx(1.0 / 2)  # sample s.d. of (1, 1, 1, -1) is 1, over sqrt(4)
+    altered = emt_benchmark.paired_differences(records, "a", "b", kind="altered")
+    assert (altered["n"], altered["difference"]) == (1, -1.0)
+    assert emt_benchmark.paired_differences(records, "a", "missing") is None

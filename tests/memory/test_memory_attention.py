@@ -229,6 +229,33 @@ def test_batch_with_left_padding_equals_single_rows(tiny, doc_ids):
         assert torch.equal(batched.sequences[row, -6:], single.sequences[0, -6:])
 
 
+@pytest.mark.parametrize("threshold", [None, 0.05])
+def test_fused_local_attention_equals_joint_softmax(tiny, doc_ids, monkeypatch, threshold):
+    """On a CPU the local part comes from torch's fused kernel and is merged through its log-sum-exp;
+    it must equal the materialised joint softmax: prefill, cached decoding, left padding, citations."""
+    from thermoai.memory import attention
+
+    bank = MemoryBank.build(tiny, ids=doc_ids[:40], progress=False)
+    long, short = doc_ids[40:52], doc_ids[60:67]
+    ids = torch.stack([long, torch.cat([torch.zeros(5, dtype=torch.long), short])])
+    mask = torch.stack([torch.ones(12, dtype=torch.long), torch.cat([torch.zeros(5), torch.ones(7)]).long()])
+
+    def run(fused):
+        monkeypatch.setattr(attention, "_FUSED_LOCAL", fused)
+        with attach(tiny, bank, topk=5, threshold=threshold, record=True) as mind:
+            out = tiny.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False, output_logits=True,
+                                return_dict_in_generate=True, pad_token_id=0)
+            weights = [w for step in mind.steps for _, _, w in step]
+        return torch.stack(out.logits, 1), out.sequences, torch.stack(weights)
+
+    assert attention._FUSED_LOCAL  # this torch has the fused CPU kernel: the default path is the fused one
+    fused_logits, fused_seq, fused_w = run(True)
+    joint_logits, joint_seq, joint_w = run(False)
+    torch.testing.assert_close(fused_logits, joint_logits, **TOL)
+    torch.testing.assert_close(fused_w, joint_w, **TOL)
+    assert torch.equal(fused_seq, joint_seq)
+
+
 def test_bfloat16_close_to_float32(doc_ids):
     model32 = make_tiny_llama()
     model16 = make_tiny_llama(dtype=torch.bfloat16)

@@ -21,10 +21,10 @@ Ablations (Extended Mind alone, at one length): the position mode of memories, t
 layers that retrieve (evenly spaced), and ``k``. Every bank is built once per document and shared by
 all questions, conditions and ablations of that document.
 
-Sizes: ``quick`` (tests, about a minute on 2 CPU cores), ``default`` (``thermoai reproduce``: 32
-questions at 2k/4k/8k/16k tokens, about 21 minutes on one CPU thread), ``full`` (400 questions at
-2k/4k/8k/16k tokens; a GPU). On the CPU the cost is dominated by Extended Mind + RAG, whose ~1000
-prompt tokens each search the whole bank in every layer.
+Sizes: ``quick`` (tests, about a minute on 2 CPU cores), ``small`` (32 questions at 2k/4k/8k/16k tokens,
+float32, one process), ``full`` (the default and ``thermoai reproduce``: 320 questions at 2k/4k/8k/16k
+tokens, bfloat16, two processes; 38 minutes on 2 CPU cores). On the CPU the cost is dominated by
+Extended Mind + RAG, whose ~1000 prompt tokens each search the whole bank in every layer.
 ``python -m thermoai.experiments.emt_benchmark --help`` lists the flags.
 """
 
@@ -86,16 +86,16 @@ class BenchmarkConfig:
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"
-    threads: int | None = None  # torch CPU threads (None: torch's default); 1 is faster on a busy machine
+    threads: int | None = None  # torch CPU threads (None: torch's default; 1 per process with jobs > 1)
+    jobs: int = 1  # documents answered in parallel by this many processes, each with its own model copy
 
 
 SIZES: dict[str, BenchmarkConfig] = {
     "quick": BenchmarkConfig(lengths=(400,), docs_per_length=1, facts_per_doc=2, window=128, stride=64,
                              ablation_length=None, truncate_tokens=150, rag_chunk_tokens=64, rag_top_chunks=2, max_new_tokens=16,
                              ablate_position_modes=("none",), ablate_layer_fractions=(0.5,), ablate_topk=(2,)),
-    "default": BenchmarkConfig(),
-    "full": BenchmarkConfig(lengths=(2000, 4000, 8000, 16000), docs_per_length=10, facts_per_doc=10, stride=512,
-                            ablation_length=None, ablation_questions=60, batch_size=16),
+    "small": BenchmarkConfig(),
+    "full": BenchmarkConfig(docs_per_length=5, facts_per_doc=16, batch_size=16, dtype="bfloat16", jobs=2),
 }
 
 
@@ -245,7 +245,7 @@ def _check(cfg: BenchmarkConfig) -> None:
         raise ValueError(f"conditions: expected names among {CONDITIONS}, got {unknown}")
     if not cfg.lengths or any(int(n) < 200 for n in cfg.lengths):
         raise ValueError(f"lengths: expected document lengths >= 200 tokens, got {cfg.lengths}")
-    for name in ("docs_per_length", "facts_per_doc", "topk", "max_new_tokens", "batch_size", "rag_chunk_tokens",
+    for name in ("docs_per_length", "facts_per_doc", "jobs", "topk", "max_new_tokens", "batch_size", "rag_chunk_tokens",
                  "rag_top_chunks", "truncate_tokens"):
         if int(getattr(cfg, name)) < 1:
             raise ValueError(f"{name}: expected a positive integer, got {getattr(cfg, name)}")
@@ -260,14 +260,14 @@ def run(out_dir: str | Path, quick: bool = False, *, size: str | None = None, mo
     Args:
         out_dir: output folder (created).
         quick: shorthand for ``size="quick"``.
-        size: ``"quick"``, ``"default"`` or ``"full"`` (see :data:`SIZES`).
+        size: ``"quick"``, ``"small"`` or ``"full"`` (the default; see :data:`SIZES`).
         model, tokenizer: a loaded model (default: ``thermoai.memory.load_model()`` on ``device``).
         overrides: any :class:`BenchmarkConfig` field, e.g. ``lengths=(16000,)``, ``device="cuda"``.
 
     Returns:
         The JSON document: settings, per-length accuracies of every condition, ablations, timings.
     """
-    size = size or ("quick" if quick else "default")
+    size = size or ("quick" if quick else "full")
     if size not in SIZES:
         raise ValueError(f"size: expected one of {list(SIZES)}, got {size!r}")
     unknown = set(overrides) - set(BenchmarkConfig.__dataclass_fields__)
@@ -289,123 +289,164 @@ def run(out_dir: str | Path, quick: bool = False, *, size: str | None = None, mo
 
 
 def _run(cfg, out_dir, model, tokenizer, progress, command, started) -> dict:
-    from thermoai.memory import MemoryBank, attach
+    from tqdm.auto import tqdm
 
-    model, tokenizer = _load(cfg, model, tokenizer)
-    device = next(model.parameters()).device
+    if cfg.jobs > 1 and model is not None:
+        raise ValueError("jobs: a preloaded model runs in this process only; pass jobs=1 or no model")
+    model, tokenizer = _load(cfg, model, tokenizer)  # with jobs > 1 only its tokenizer and config serve here
     n_layers = model.config.num_hidden_layers
     prompter = _Prompter(tokenizer)
-
-    def count_tokens(text: str) -> int:
-        return len(prompter.ids(text))
-
-    documents = make_documents(cfg.lengths, cfg.docs_per_length, cfg.facts_per_doc, cfg.seed, count_tokens)
+    documents = make_documents(cfg.lengths, cfg.docs_per_length, cfg.facts_per_doc, cfg.seed,
+                               lambda text: len(prompter.ids(text)))
     ablation_length = cfg.ablation_length or max(cfg.lengths)
     if ablation_length not in cfg.lengths:
         raise ValueError(f"ablation_length: expected one of lengths {cfg.lengths}, got {ablation_length}")
-    ablations = _ablation_settings(cfg, n_layers)
-    emt_conditions = {"extended_mind", "extended_mind_rag"} & set(cfg.conditions)
-    needs_bank = bool(emt_conditions) or bool(ablations)
+    # the most expensive documents first, so that parallel workers finish together
+    work = [(length, index, doc, _ablation_mask(cfg, docs, index) if length == ablation_length else 0)
+            for length, docs in sorted(documents.items(), key=lambda item: -item[0]) for index, doc in enumerate(docs)]
+
+    results: dict[tuple[int, int], tuple[list, dict]] = {}
+    bar = tqdm(total=len(work), desc="emt benchmark documents", disable=not progress)
+    if cfg.jobs == 1:
+        state = _Worker(cfg, model, tokenizer)
+        for item in work:
+            results[item[:2]] = state.document(*item)
+            bar.update(1)
+    else:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(min(cfg.jobs, len(work)), initializer=_worker_init, initargs=(cfg,)) as pool:
+            for key, value in pool.imap_unordered(_worker_document, work):
+                results[key] = value
+                bar.update(1)
+            pool.close()  # let the workers exit on their own (terminate() leaks their semaphores)
+            pool.join()
+    bar.close()
 
     records: list[dict] = []
     timings = {"bank_build_s": 0.0, "bank_tokens": 0, "generate_s": {}}
-    from tqdm.auto import tqdm
-
-    total_docs = sum(len(d) for d in documents.values())
-    bar = tqdm(total=total_docs, desc="emt benchmark documents", disable=not progress)
-    for length, docs in documents.items():
-        for doc_index, doc in enumerate(docs):
-            doc_ids = prompter.ids(doc.text)
-            questions = [(i, f) for i, f in enumerate(doc.facts)]
-            rag = _BM25Chunks(doc_ids, tokenizer, cfg.rag_chunk_tokens) if {"rag", "extended_mind_rag"} & set(cfg.conditions) else None
-            rag_contexts = [rag.context(f.question, cfg.rag_top_chunks) for _, f in questions] if rag else None
-
-            def record(condition, answers, setting=None):
-                for (i, fact), answer in zip(questions, answers):
-                    records.append({"length": length, "doc": doc_index, "fact": i, "condition": condition,
-                                    "setting": setting, "question": fact.question, "expected": fact.answer,
-                                    "kind": fact.kind, "generated": answer,
-                                    "correct": is_correct(fact.answer, answer),
-                                    "depth": round(doc.fact_offsets[i] / max(1, len(doc.text)), 3)})
-
-            def timed(condition, fn):
-                t0 = time.perf_counter()
-                answers = fn()
-                timings["generate_s"][condition] = timings["generate_s"].get(condition, 0.0) + time.perf_counter() - t0
-                return answers
-
-            def ask_plain(contexts):
-                """contexts: None (question alone), one shared context, or one context per question."""
-                if contexts is None or isinstance(contexts, str):
-                    prefix, _ = prompter.build(contexts, "")
-                    suffixes = [prompter.build(contexts, f.question)[1] for _, f in questions]
-                    cache = _prefix_cache(model, prefix, device)
-                    answers = []
-                    for chunk in _batches(suffixes, cfg.batch_size):
-                        answers += generate_batch(model, tokenizer, chunk, prefix=prefix, prefix_cache=cache,
-                                                  max_new_tokens=cfg.max_new_tokens, device=device)
-                    del cache
-                    return answers
-                prompts = [sum(prompter.build(c, f.question), []) for c, (_, f) in zip(contexts, questions)]
-                answers = []
-                for chunk in _batches(prompts, cfg.batch_size):
-                    answers += generate_batch(model, tokenizer, chunk, max_new_tokens=cfg.max_new_tokens, device=device)
-                return answers
-
-            if "no_document" in cfg.conditions:
-                record("no_document", timed("no_document", lambda: ask_plain(None)))
-            if "truncated" in cfg.conditions:
-                tail = tokenizer.decode(doc_ids[-cfg.truncate_tokens:])
-                record("truncated", timed("truncated", lambda: ask_plain(tail)))
-            if "full_document" in cfg.conditions:
-                longest = max(len(sum(prompter.build(doc.text, f.question), [])) for _, f in questions)
-                if longest + cfg.max_new_tokens <= cfg.context_window:
-                    record("full_document", timed("full_document", lambda: ask_plain(doc.text)))
-            if "rag" in cfg.conditions:
-                record("rag", timed("rag", lambda: ask_plain(rag_contexts)))
-
-            if needs_bank:
-                t0 = time.perf_counter()
-                bank = MemoryBank.build(model, tokenizer, text=doc.text, window=cfg.window, stride=cfg.stride,
-                                        progress=False)
-                timings["bank_build_s"] += time.perf_counter() - t0
-                timings["bank_tokens"] += bank.n_positions
-                layers = evenly_spaced_layers(n_layers, cfg.layer_fraction)
-                mind = attach(model, bank, topk=cfg.topk, layers=layers, position_mode=cfg.position_mode)
-                memo: dict = {}  # ablation settings equal to the main setting reuse its answers
-                try:
-                    if "extended_mind" in cfg.conditions:
-                        answers = timed("extended_mind", lambda: ask_plain(None))
-                        record("extended_mind", answers)
-                        memo[_setting_key(cfg.topk, cfg.position_mode, layers)] = answers
-                    if "extended_mind_rag" in cfg.conditions:
-                        record("extended_mind_rag", timed("extended_mind_rag", lambda: ask_plain(rag_contexts)))
-                finally:
-                    mind.detach()
-                if length == ablation_length:
-                    keep = _ablation_mask(cfg, documents[length], doc_index)
-                    if keep:
-                        full_questions = questions
-                        questions = questions[:keep]
-                        for name, value, options in ablations:
-                            key = _setting_key(options["topk"], options["position_mode"], options["layers"])
-                            if key not in memo:
-                                mind = attach(model, bank, **options)
-                                try:
-                                    memo[key] = timed(f"ablation:{name}", lambda: ask_plain(None))
-                                finally:
-                                    mind.detach()
-                            record(f"ablation:{name}", memo[key][:keep], value)
-                        questions = full_questions
-                del bank
-            bar.update(1)
-    bar.close()
-
-    result = _summarise(cfg, documents, records, ablations, ablation_length, timings, n_layers)
+    for length, docs in documents.items():  # the documents' order, whatever order they finished in
+        for index in range(len(docs)):
+            doc_records, doc_timings = results[(length, index)]
+            records += doc_records
+            timings["bank_build_s"] += doc_timings["bank_build_s"]
+            timings["bank_tokens"] += doc_timings["bank_tokens"]
+            for name, seconds in doc_timings["generate_s"].items():
+                timings["generate_s"][name] = timings["generate_s"].get(name, 0.0) + seconds
+    result = _summarise(cfg, documents, records, _ablation_settings(cfg, n_layers), ablation_length, timings, n_layers)
     result["elapsed_s"] = round(time.perf_counter() - started, 1)
     result["command"] = command
     _write(out_dir, result)
     return result
+
+
+class _Worker:
+    """Answers every question of one document under every condition (and the ablations)."""
+
+    def __init__(self, cfg: BenchmarkConfig, model, tokenizer):
+        self.cfg, self.model, self.tokenizer = cfg, model, tokenizer
+        self.device = next(model.parameters()).device
+        self.n_layers = model.config.num_hidden_layers
+        self.prompter = _Prompter(tokenizer)
+        self.ablations = _ablation_settings(cfg, self.n_layers)
+
+    @torch.no_grad()
+    def document(self, length: int, doc_index: int, doc: Document, ablation_questions: int) -> tuple[list, dict]:
+        """(records, timings) of one document; ``ablation_questions``: how many of its questions enter
+        the ablations (0: none)."""
+        from thermoai.memory import MemoryBank, attach
+
+        cfg, model, tokenizer, prompter, device = self.cfg, self.model, self.tokenizer, self.prompter, self.device
+        records: list[dict] = []
+        timings = {"bank_build_s": 0.0, "bank_tokens": 0, "generate_s": {}}
+        doc_ids = prompter.ids(doc.text)
+        questions = [(i, f) for i, f in enumerate(doc.facts)]
+        rag = _BM25Chunks(doc_ids, tokenizer, cfg.rag_chunk_tokens) if {"rag", "extended_mind_rag"} & set(cfg.conditions) else None
+        rag_contexts = [rag.context(f.question, cfg.rag_top_chunks) for _, f in questions] if rag else None
+
+        def record(condition, answers, setting=None, asked=questions):
+            for (i, fact), answer in zip(asked, answers):
+                records.append({"length": length, "doc": doc_index, "fact": i, "condition": condition,
+                                "setting": setting, "question": fact.question, "expected": fact.answer,
+                                "kind": fact.kind, "generated": answer,
+                                "correct": is_correct(fact.answer, answer),
+                                "depth": round(doc.fact_offsets[i] / max(1, len(doc.text)), 3)})
+
+        def timed(condition, fn):
+            t0 = time.perf_counter()
+            answers = fn()
+            timings["generate_s"][condition] = timings["generate_s"].get(condition, 0.0) + time.perf_counter() - t0
+            return answers
+
+        def ask(contexts, asked=questions):
+            """contexts: None (question alone), one shared context, or one context per question."""
+            if contexts is None or isinstance(contexts, str):
+                prefix, _ = prompter.build(contexts, "")
+                suffixes = [prompter.build(contexts, f.question)[1] for _, f in asked]
+                cache = _prefix_cache(model, prefix, device)
+                answers = []
+                for chunk in _batches(suffixes, cfg.batch_size):
+                    answers += generate_batch(model, tokenizer, chunk, prefix=prefix, prefix_cache=cache,
+                                              max_new_tokens=cfg.max_new_tokens, device=device)
+                return answers
+            prompts = [sum(prompter.build(c, f.question), []) for c, (_, f) in zip(contexts, asked)]
+            answers = []
+            for chunk in _batches(prompts, cfg.batch_size):
+                answers += generate_batch(model, tokenizer, chunk, max_new_tokens=cfg.max_new_tokens, device=device)
+            return answers
+
+        if "no_document" in cfg.conditions:
+            record("no_document", timed("no_document", lambda: ask(None)))
+        if "truncated" in cfg.conditions:
+            tail = tokenizer.decode(doc_ids[-cfg.truncate_tokens:])
+            record("truncated", timed("truncated", lambda: ask(tail)))
+        if "full_document" in cfg.conditions:
+            longest = max(len(sum(prompter.build(doc.text, f.question), [])) for _, f in questions)
+            if longest + cfg.max_new_tokens <= cfg.context_window:
+                record("full_document", timed("full_document", lambda: ask(doc.text)))
+        if "rag" in cfg.conditions:
+            record("rag", timed("rag", lambda: ask(rag_contexts)))
+
+        if {"extended_mind", "extended_mind_rag"} & set(cfg.conditions) or (self.ablations and ablation_questions):
+            t0 = time.perf_counter()
+            bank = MemoryBank.build(model, tokenizer, text=doc.text, window=cfg.window, stride=cfg.stride, progress=False)
+            timings["bank_build_s"] += time.perf_counter() - t0
+            timings["bank_tokens"] += bank.n_positions
+            layers = evenly_spaced_layers(self.n_layers, cfg.layer_fraction)
+            memo: dict = {}  # ablation settings equal to the main setting reuse its answers
+            with attach(model, bank, topk=cfg.topk, layers=layers, position_mode=cfg.position_mode):
+                if "extended_mind" in cfg.conditions:
+                    answers = timed("extended_mind", lambda: ask(None))
+                    record("extended_mind", answers)
+                    memo[_setting_key(cfg.topk, cfg.position_mode, layers)] = answers
+                if "extended_mind_rag" in cfg.conditions:
+                    record("extended_mind_rag", timed("extended_mind_rag", lambda: ask(rag_contexts)))
+            if ablation_questions:
+                asked = questions[:ablation_questions]
+                for name, value, options in self.ablations:
+                    key = _setting_key(options["topk"], options["position_mode"], options["layers"])
+                    if key not in memo:
+                        with attach(model, bank, **options):
+                            memo[key] = timed(f"ablation:{name}", lambda: ask(None, asked))
+                    record(f"ablation:{name}", memo[key][:ablation_questions], value, asked)
+        return records, timings
+
+
+_WORKER: _Worker | None = None
+
+
+def _worker_init(cfg: BenchmarkConfig) -> None:
+    """Pool initializer: this process's threads and its own copy of the model."""
+    global _WORKER
+    torch.set_num_threads(int(cfg.threads or 1))
+    model, tokenizer = _load(cfg, None, None)
+    _WORKER = _Worker(cfg, model, tokenizer)
+
+
+def _worker_document(item) -> tuple[tuple[int, int], tuple[list, dict]]:
+    length, index, doc, ablation_questions = item
+    return (length, index), _WORKER.document(length, index, doc, ablation_questions)
 
 
 def _setting_key(topk, position_mode, layers) -> tuple:
@@ -441,6 +482,33 @@ def _accuracy(rows: list[dict]) -> dict:
     return {"correct": correct, "total": n, "accuracy": p, "stderr": _stderr(p, n)}
 
 
+# (a, b): paired differences "a minus b" on the same questions, reported with their standard error
+PAIRS = (("extended_mind", "no_document"), ("extended_mind", "truncated"), ("extended_mind", "full_document"),
+         ("extended_mind_rag", "rag"))
+
+
+def paired_differences(records: list[dict], a: str, b: str, kind: str | None = None) -> dict | None:
+    """Accuracy of condition ``a`` minus condition ``b`` over the questions both answered.
+
+    Returns ``{"n", "difference", "stderr", "a_only", "b_only"}``: the mean of the per-question
+    differences (each -1, 0 or 1), its standard error (sample s.d. / sqrt(n)), and how many questions
+    only ``a`` (only ``b``) got right; ``None`` when no question has both. ``kind`` keeps one kind of
+    fact ("fictional" or "altered").
+    """
+    answers: dict[tuple, dict[str, bool]] = {}
+    for r in records:
+        if r["condition"] in (a, b) and (kind is None or r["kind"] == kind):
+            answers.setdefault((r["length"], r["doc"], r["fact"]), {})[r["condition"]] = r["correct"]
+    diffs = [int(v[a]) - int(v[b]) for v in answers.values() if len(v) == 2]
+    n = len(diffs)
+    if n == 0:
+        return None
+    mean = sum(diffs) / n
+    var = sum((x - mean) ** 2 for x in diffs) / (n - 1) if n > 1 else float("nan")
+    return {"n": n, "difference": mean, "stderr": math.sqrt(var / n), "a_only": sum(x > 0 for x in diffs),
+            "b_only": sum(x < 0 for x in diffs)}
+
+
 def _summarise(cfg, documents, records, ablations, ablation_length, timings, n_layers) -> dict:
     table: dict[str, dict[str, dict]] = {}
     for condition in cfg.conditions:
@@ -468,6 +536,9 @@ def _summarise(cfg, documents, records, ablations, ablation_length, timings, n_l
         "filler": "pydoc_data.topics (Python language reference, standard library)",
         "accuracy": table,
         "accuracy_by_kind": by_kind,
+        "paired": {f"{a} - {b}": {scope: paired_differences(records, a, b, kind)
+                                  for scope, kind in (("all", None), ("fictional", "fictional"), ("altered", "altered"))}
+                   for a, b in PAIRS if a in cfg.conditions and b in cfg.conditions},
         "ablation_length": ablation_length,
         "ablations": ablation_table,
         "timings": {"bank_build_s": round(timings["bank_build_s"], 1), "bank_tokens": timings["bank_tokens"],
@@ -521,6 +592,17 @@ def _write(out_dir: Path, result: dict) -> None:
                      + f" | {_cell(kinds['fictional'])} | {_cell(kinds['altered'])} |")
     lines += ["", "The last two columns pool all lengths: facts about invented entities, and altered attributes "
               "of real entities (where the document contradicts pre-training)."]
+    if result.get("paired"):
+        lines += ["", "## Paired differences", "",
+                  "Accuracy of one condition minus another on the same questions, in points ± one standard error "
+                  "of the per-question differences; in brackets, how many questions only the first (only the "
+                  "second) got right.", "",
+                  "| comparison | all questions | invented entities | altered real ones |", "|---|---|---|---|"]
+        for name, scopes in result["paired"].items():
+            a, b = name.split(" - ")
+            cells = ["n/a" if e is None else f"{100 * e['difference']:+.1f} ± {100 * e['stderr']:.1f} "
+                     f"({e['a_only']} / {e['b_only']} of {e['n']})" for e in scopes.values()]
+            lines.append(f"| {_label(a, cfg)} − {_label(b, cfg)} | " + " | ".join(cells) + " |")
     if result["ablations"]:
         lines += ["", f"## Ablations (Extended Mind alone, {result['ablation_length']}-token documents)", ""]
         for name, entries in result["ablations"].items():
@@ -557,7 +639,7 @@ def _plot(path: Path, result: dict) -> None:
         return
     cfg = result["settings"]
     lengths = [str(n) for n in cfg["lengths"]]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(10, 4))
     for condition, per_length in result["accuracy"].items():
         xs = [int(n) for n in lengths if per_length[n] is not None]
         ys = [100 * per_length[n]["accuracy"] for n in lengths if per_length[n] is not None]
@@ -570,7 +652,7 @@ def _plot(path: Path, result: dict) -> None:
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(-2, 102)
     ax.set_title("Counterfactual retrieval, SmolLM2-135M-Instruct")
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # outside: no line hidden
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -583,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m thermoai.experiments.emt_benchmark",
                                      description="Counterfactual long-range retrieval benchmark of Extended Mind.")
     parser.add_argument("--out", default="docs/results", help="output folder (default docs/results)")
-    parser.add_argument("--size", choices=list(SIZES), default="default")
+    parser.add_argument("--size", choices=list(SIZES), default="full")
     parser.add_argument("--lengths", type=int, nargs="+")
     parser.add_argument("--docs-per-length", type=int)
     parser.add_argument("--facts-per-doc", type=int)
@@ -603,7 +685,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", help="cpu or cuda")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (per process)")
+    parser.add_argument("--jobs", type=int, help="documents answered in parallel by this many processes")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k not in {"out", "size", "no_progress"} and v is not None}

@@ -100,6 +100,16 @@ _FICTIONAL = [
     ("The first president of the republic of {E} was a lawyer named {A}.", "Who was the first president of the republic of {E}?"),
     ("The novel The Lanterns of {E} was written by an author named {A}.", "Who wrote the novel The Lanterns of {E}?"),
     ("The {E} Observatory is located in the town of {A}.", "In which town is the {E} Observatory located?"),
+    ("The largest desert of the country of {E} is called the {A} Desert.", "What is the largest desert of the country of {E} called?"),
+    ("The official language of the principality of {E} is called {A}.", "What is the official language of the principality of {E} called?"),
+    ("The painting The Garden of {E} was painted by an artist named {A}.", "Who painted The Garden of {E}?"),
+    ("The {E} Bridge was designed by an architect named {A}.", "Who designed the {E} Bridge?"),
+    ("The University of {E} was founded by a scholar named {A}.", "Who founded the University of {E}?"),
+    ("The element {E} was discovered by a chemist named {A}.", "Who discovered the element {E}?"),
+    ("The ship {E} was commanded by a captain named {A}.", "Who commanded the ship {E}?"),
+    ("The highest waterfall in the valley of {E} is called {A} Falls.", "What is the highest waterfall in the valley of {E} called?"),
+    ("The traditional dish of the region of {E} is a stew called {A}.", "What is the traditional dish of the region of {E} called?"),
+    ("The {E} Prize was first awarded to a poet named {A}.", "Who was first awarded the {E} Prize?"),
 ]
 
 # Altered attributes of real entities: the answer contradicts pre-training.
