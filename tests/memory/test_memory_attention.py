@@ -292,6 +292,18 @@ def test_bad_arguments(tiny, doc_ids):
     assert tiny.config._attn_implementation == "sdpa"
 
 
+def test_non_finite_bank_is_refused(tiny, doc_ids):
+    bank = MemoryBank.build(tiny, ids=doc_ids[:40], progress=False)
+    bank.values[1, 0, 3, 0] = float("nan")
+    with pytest.raises(ValueError, match="layer 1 holds NaN or Inf"):
+        attach(tiny, bank)
+    bank.values[1, 0, 3, 0] = 0.0
+    bank.keys[0, 1, 5, 2] = float("inf")
+    with pytest.raises(ValueError, match="layer 0 holds NaN or Inf"):
+        attach(tiny, bank)
+    assert not hasattr(tiny, "_thermoai_mind")  # nothing half-attached
+
+
 def test_canonical_position_mode():
     from thermoai.memory import POSITION_MODES, canonical_position_mode
 

@@ -178,6 +178,9 @@ class ExtendedMind:
         self._layers: dict[int, _Layer] = {}
         for index_l in self.layers:
             keys = bank.keys[index_l].to(device=device, dtype=torch.float32)
+            if not (torch.isfinite(keys).all() and torch.isfinite(bank.values[index_l]).all()):
+                raise ValueError(f"bank: layer {index_l} holds NaN or Inf keys or values; rebuild the bank "
+                                 "(a model that produces non-finite activations cannot serve as memory)")
             if mode == "original" or self._scale != 1.0:
                 keys = rotate(keys, key_positions, rotary.inv_freq, self._scale)
             norms = keys.norm(dim=-1)
@@ -289,7 +292,8 @@ class ExtendedMind:
         return positions.to(device).expand(b, s)
 
     def _retrieve(self, layer: _Layer, q: torch.Tensor, k: int):
-        """Top-k memories of every query: ``q [b, n_kv, G, s, d]`` -> (dot products, cosines, indices).
+        """Top-k memories of every query: ``q [b, n_kv, G, s, d]`` -> (dot products, cosines, indices
+        within the head, rows of the flattened ``[n_kv * M]`` bank), each ``[b, n_kv, G, s, k]``.
 
         ``scores`` are ``q . k/|k|`` (the cosine times ``|q|``); the dot product is recovered as
         ``scores * |k|`` and the cosine as ``scores / |q|``.
@@ -327,7 +331,7 @@ class ExtendedMind:
         flat = idx + layer.offsets  # [b, n_kv, G, s, k] rows of the [n_kv * M] flattened bank
         dots = scores * layer.key_norms.view(-1)[flat]
         q_norm = torch.linalg.vector_norm(q, dim=-1, keepdim=True, dtype=torch.float32).clamp_min(1e-12)
-        return dots, scores / q_norm, idx
+        return dots, scores / q_norm, idx, flat
 
     def _forward(self, module, query, key, value, attention_mask, scaling, kwargs):
         layer = self._layers[module.layer_idx]
@@ -342,12 +346,11 @@ class ExtendedMind:
             q_mem = rotate(q, shift[:, None, None, :], self._rotary.inv_freq)
         else:
             q_mem = q
-        dots, sims, idx = self._retrieve(layer, q_mem, k)  # [b, n_kv, G, s, k]
+        dots, sims, idx, flat = self._retrieve(layer, q_mem, k)  # [b, n_kv, G, s, k]
         mem_logits = dots * scaling
         if self.threshold is not None:
             mem_logits = mem_logits.masked_fill(sims <= self.threshold, float("-inf"))
 
-        flat = idx + layer.offsets
         mem_values = layer.values.view(-1, d).index_select(0, flat.reshape(-1)).view(b, n_kv, g * s, k, d)
         if s > 1 and query.device.type == "cpu" and _FUSED_LOCAL:  # prefill (a decoding step has one logit row)
             mem_w, out = self._merge_with_fused_local(query, key, value, attention_mask, scaling, mem_logits, mem_values)
@@ -365,15 +368,9 @@ class ExtendedMind:
         # local attention as batched matmuls over the [b, n_kv, G*s] query rows of each kv head
         local_logits = torch.matmul(q.reshape(b, n_kv, g * s, d), key.transpose(-1, -2)).view(b, n_kv, g, s, kv)
         local_logits = local_logits.to(torch.float32) * scaling
-        if attention_mask is not None:
-            mask = attention_mask[:, :, :, -kv:]  # [b or 1, 1, s, kv], boolean (True: attend) or additive
-            if mask.dtype == torch.bool:  # a finite minimum keeps fully masked padding rows finite
-                local_logits = local_logits.masked_fill(~mask[:, :, None], torch.finfo(torch.float32).min)
-            else:
-                local_logits = local_logits + mask[:, :, None].to(torch.float32)
-        elif s > 1:
-            causal = torch.ones(s, kv, dtype=torch.bool, device=query.device).tril(kv - s)
-            local_logits = local_logits.masked_fill(~causal, float("-inf"))
+        mask = _additive_mask(attention_mask, s, kv, torch.float32, q.device)
+        if mask is not None:
+            local_logits = local_logits + mask[:, :, None]
         weights = torch.softmax(torch.cat([mem_logits, local_logits], dim=-1), dim=-1)
         mem_w, local_w = weights[..., :k], weights[..., k:].to(value.dtype)
         out = torch.matmul(mem_w.to(value.dtype).reshape(b, n_kv, g * s, 1, k), mem_values).view(b, n_kv, g * s, d)
@@ -392,19 +389,8 @@ class ExtendedMind:
         n_kv, kv = key.shape[1], key.shape[2]
         g, k = n_heads // n_kv, mem_logits.shape[-1]
         causal = attention_mask is None and s == kv  # the kernel's own causal mask: half the work
-        if attention_mask is not None:
-            mask = attention_mask[:, :, :, -kv:]
-        elif 1 < s < kv:
-            mask = torch.ones(s, kv, dtype=torch.bool, device=query.device).tril(kv - s)
-        else:
-            mask = None
-        if mask is not None and mask.dtype == torch.bool:
-            # the kernel takes additive masks of the query's dtype; a finite minimum (not -inf) keeps
-            # fully masked padding rows finite
-            mask = torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill(
-                ~mask, torch.finfo(query.dtype).min)
-        elif mask is not None:
-            mask = mask.to(query.dtype)
+        # the kernel takes additive masks of the query's dtype
+        mask = None if causal else _additive_mask(attention_mask, s, kv, query.dtype, query.device)
         local, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             query, key.repeat_interleave(g, dim=1), value.repeat_interleave(g, dim=1), 0.0, causal,
             attn_mask=mask, scale=scaling)  # [b, H, s, d], [b, H, s] float32
@@ -425,6 +411,24 @@ class ExtendedMind:
         if layer_idx == self.layers[0] or not self.steps:
             self.steps.append([])
         self.steps[-1].append((layer_idx, idx.detach().cpu(), weights.detach().to(torch.float32).cpu()))
+
+
+def _additive_mask(attention_mask, s: int, kv: int, dtype: torch.dtype, device) -> torch.Tensor | None:
+    """The local keys' mask ``[b or 1, 1, s, kv]`` as additive ``dtype`` values, or ``None`` if all are visible.
+
+    ``attention_mask`` is what the SDPA mask builder gave: boolean (True: attend), additive, or ``None``
+    for a purely causal mask (built here for ``s > 1``). Masked entries get the dtype's finite minimum,
+    not -inf, which keeps fully masked padding rows finite.
+    """
+    if attention_mask is not None:
+        mask = attention_mask[:, :, :, -kv:]
+    elif s > 1:
+        mask = torch.ones(s, kv, dtype=torch.bool, device=device).tril(kv - s)[None, None]
+    else:
+        return None
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, torch.finfo(dtype).min)
+    return mask.to(dtype)
 
 
 def emt_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
