@@ -64,7 +64,7 @@ _FEW_QUERIES = 8
 # the exact top-k first ranks blocks of this many memories by their maximum
 _TOPK_BLOCK = 64
 # on a CPU, the local part of a prefill comes from torch's fused kernel (no [s, kv] logits): 1.7x
-# faster for 8 x 1100 tokens (decoding keeps the one-row logits: the kernel would add 2-4 ms a token);
+# faster for 8 x 1100 tokens (decoding keeps the one-row logits, where the kernel call costs more);
 # tests switch it off to check it against the materialised joint softmax
 _FUSED_LOCAL = hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
 
