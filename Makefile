@@ -22,11 +22,13 @@ run: venv
 test: venv
 	$(BIN)/python -m pytest -n 2 -q
 
-# Peers for benchmarks/ (posteriors, thermox + CPU jax) live in their own environment, never in .venv.
+# Peers for benchmarks/ (posteriors, thermox, kfac-jax, numpyro, laplace-torch, arviz, with a CPU jax) live in
+# their own environment, never in .venv.
 bench-env: venv
 	test -x .venv-bench/bin/python || $(PY) -m venv .venv-bench
 	.venv-bench/bin/python -m pip install -q -c constraints.txt -e '.[all]'
-	.venv-bench/bin/python -m pip install -q -c constraints.txt posteriors==0.1.3 thermox==0.0.6 "jax[cpu]"
+	.venv-bench/bin/python -m pip install -q -c constraints.txt posteriors==0.1.3 thermox==0.0.6 "jax[cpu]" \
+		kfac-jax==0.0.8 optax numpyro==0.22.0 laplace-torch==0.3 arviz==1.3.0
 
 clean:
 	rm -rf $(VENV) .venv-bench
