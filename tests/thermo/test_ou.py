@@ -414,3 +414,43 @@ def test_singular_diffusion_still_samples():
     assert torch.isfinite(x).all()
     S = sla.solve_continuous_lyapunov(A.numpy(), D.numpy())
     assert np.abs(proc.stationary_covariance().numpy() - S).max() < 1e-12
+
+
+def test_mutating_the_inputs_after_construction_changes_nothing():
+    # the process owns copies: in-place changes to the caller's arrays (or to what .A/.D/.b return) must not
+    # reach transitions, sampling or the stationary law, whatever was cached before the change
+    g = torch.Generator().manual_seed(0)
+    M = torch.randn(4, 4, dtype=F64, generator=g)
+    A = M @ M.T + 4 * torch.eye(4, dtype=F64)
+    D = 2 * torch.eye(4, dtype=F64)
+    b = torch.randn(4, dtype=F64, generator=g)
+    proc = OUProcess(A, D, b)
+    times = torch.linspace(0, 2, 9, dtype=F64)
+    x0 = torch.zeros(3, 4, dtype=F64)
+    before = (proc.transition(0.25), proc.stationary_covariance(), proc.mean(x0, 0.5),
+              proc.sample(x0, times, generator=torch.Generator().manual_seed(1)))
+    A.mul_(100)
+    D.mul_(3)
+    b.add_(5)
+    proc.A.mul_(7)
+    proc.b.add_(1)
+    after = (proc.transition(0.25), proc.stationary_covariance(), proc.mean(x0, 0.5),
+             proc.sample(x0, times, generator=torch.Generator().manual_seed(1)))
+    assert torch.equal(before[0][0], after[0][0]) and torch.equal(before[0][1], after[0][1])
+    for x, y in zip(before[1:], after[1:]):
+        assert torch.equal(x, y)
+    # and a fresh process on the changed arrays is a different process
+    assert not torch.equal(OUProcess(A, D, b).transition(0.25)[0], after[0][0])
+
+
+def test_transition_cache_keeps_to_its_byte_budget():
+    from thermoai.thermo.ou import _TransitionCache
+
+    A = torch.eye(3, dtype=F64) * 2
+    proc = OUProcess(A, 2.0)
+    proc._cache = _TransitionCache(budget_bytes=3 * 3 * 3 * 8 * 2)  # room for two step lengths
+    proc.sample(torch.zeros(3, dtype=F64), torch.tensor([0.0, 0.1, 0.3, 0.6, 1.0], dtype=F64), method="factor")
+    assert proc._cache.bytes <= proc._cache.budget_bytes
+    ref = OUProcess(A, 2.0).transition(torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=F64))
+    got = proc.transition(torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=F64))
+    assert torch.equal(ref[0], got[0]) and torch.equal(ref[1], got[1])

@@ -280,6 +280,33 @@ def _dyadic_split(dts: Tensor, unit: float) -> tuple[Tensor, Tensor, float]:
 # ----------------------------------------------------------------------------------------------------
 
 
+class _TransitionCache:
+    """Factorisations of one process, keyed by what they depend on besides the process (a step length, a
+    tag), within a byte budget: entries that would exceed it are not kept (they are recomputed when asked
+    again). The process owns copies of its inputs, so an entry cannot go stale."""
+
+    def __init__(self, budget_bytes: int = _CACHE_BYTES):
+        self.budget_bytes = budget_bytes
+        self.bytes = 0
+        self._entries: dict = {}
+
+    def __contains__(self, key) -> bool:
+        return key in self._entries
+
+    def __getitem__(self, key):
+        return self._entries[key]
+
+    def put(self, key, value, n_bytes: int) -> bool:
+        """Keep ``value`` under ``key`` if it fits the budget; returns whether it was kept."""
+        if key in self._entries:
+            return True
+        if self.bytes + n_bytes > self.budget_bytes:
+            return False
+        self._entries[key] = value
+        self.bytes += n_bytes
+        return True
+
+
 class OUProcess:
     r"""The OU process ``dx = -A (x - b) dt + sqrt(D) dW`` with exact Gaussian transitions.
 
@@ -291,9 +318,11 @@ class OUProcess:
 
     The working dtype is that of ``A`` (float32 or float64; the default dtype for non-tensors); the
     device is that of ``A``. Inputs may require grad: ``log_prob``, ``mean``, ``covariance``,
-    ``transition`` and ``stationary_covariance`` are differentiable in A, b and D. Transition factors
-    are computed once per distinct step length and cached (when nothing requires grad), so repeated
-    sampling on the same grid costs only the matmuls.
+    ``transition`` and ``stationary_covariance`` are differentiable in A, b and D. The process keeps its
+    own copies of A, D and b (changing the caller's arrays afterwards changes nothing; ``.A``, ``.D``,
+    ``.b`` return copies too). Transition factors are computed once per distinct step length and cached
+    (when nothing requires grad) within a byte budget, so repeated sampling on the same grid costs only
+    the matmuls.
 
     Raises ValueError for an unstable drift (an eigenvalue with non-positive real part), a non-symmetric
     or indefinite D, NaN/Inf entries and mismatched shapes; TypeError for non-numeric input.
@@ -347,14 +376,29 @@ class OUProcess:
                 f"part {re_min:.3g} (eigenvalue {complex(ev[int(torch.argmin(ev.real))]):.3g})"
             )
 
-        self.A, self.D, self.b = A, D, b
-        self._A64, self._D64, self._b64 = A64, D64, b.to(torch.float64)
+        # copies (clone keeps gradients): the caller's arrays may change afterwards without effect here
+        self._A, self._D, self._b = A.clone(), D.clone(), b.clone()
+        self._A64, self._D64, self._b64 = A64.clone(), D64.clone(), b.to(torch.float64).clone()
         self.dim, self.dtype, self.device = d, dtype, device
         self.min_decay_rate = re_min
         self._requires_grad = any(t.requires_grad for t in (A, D, b))
-        self._cache: dict = {}
-        self._cache_bytes = 0
+        self._cache = _TransitionCache()
         self._S64: Tensor | None = None
+
+    @property
+    def A(self) -> Tensor:
+        """The (d, d) drift (a copy)."""
+        return self._A.clone()
+
+    @property
+    def D(self) -> Tensor:
+        """The (d, d) diffusion matrix (a copy)."""
+        return self._D.clone()
+
+    @property
+    def b(self) -> Tensor:
+        """The (d,) stationary mean (a copy)."""
+        return self._b.clone()
 
     def __repr__(self) -> str:
         return f"OUProcess(dim={self.dim}, dtype={self.dtype}, device={self.device})"
@@ -374,10 +418,8 @@ class OUProcess:
             L = _psd_factor(Sigma)
             entry_bytes = 3 * self.dim * self.dim * 8
             for j, i in enumerate(missing):
-                if self._cache_bytes + entry_bytes > _CACHE_BYTES:
+                if not self._cache.put(keys[i], (Phi[j], Sigma[j], L[j]), entry_bytes):
                     break
-                self._cache[keys[i]] = (Phi[j], Sigma[j], L[j])
-                self._cache_bytes += entry_bytes
             fresh = {i: (Phi[j], Sigma[j], L[j]) for j, i in enumerate(missing)}
         else:
             fresh = {}
@@ -398,8 +440,8 @@ class OUProcess:
                 if float((Ay - Ay.mT).abs().max()) <= 1e-13 * scale:
                     lam, U = torch.linalg.eigh(0.5 * (Ay + Ay.mT))
                     result = (lam, L @ U)
-            self._cache["whitened"] = result
-        return self._cache["whitened"]
+            self._cache.put("whitened", result, 0 if result is None else 8 * self.dim * (self.dim + 1))
+        return self._cache["whitened"] if "whitened" in self._cache else result
 
     def _dyadic_transitions(self, pieces: Tensor) -> tuple[Tensor, Tensor]:
         """(Phi^T, L^T) in the working dtype for pieces u 2^j (J,): Van Loan at u only, then
@@ -416,10 +458,7 @@ class OUProcess:
             Sigmas.append(Q + Phi[j] @ Q @ Phi[j].mT)
         L = _psd_factor(torch.stack(Sigmas))
         out = (Phi.to(self.dtype).mT, L.to(self.dtype).mT)
-        entry_bytes = 2 * pieces.shape[0] * self.dim * self.dim * 8
-        if self._cache_bytes + entry_bytes <= _CACHE_BYTES:
-            self._cache[key] = out  # type: ignore[assignment]
-            self._cache_bytes += entry_bytes
+        self._cache.put(key, out, 2 * pieces.shape[0] * self.dim * self.dim * 8)
         return out
 
     def _times_tensor(self, t) -> tuple[Tensor, bool]:
@@ -484,7 +523,7 @@ class OUProcess:
         n = _check_count(n, "n")
         L = _psd_factor(self.stationary_covariance().to(torch.float64)[None])[0].to(self.dtype)
         z = torch.randn(n, self.dim, dtype=self.dtype, device=self.device, generator=generator)
-        return self.b.detach() + z @ L.mT
+        return self._b.detach() + z @ L.mT
 
     @torch.no_grad()
     def sample(
@@ -535,7 +574,7 @@ class OUProcess:
         tdtype = _time_dtype(times_in)
         reps, idx = _group_steps(t, tdtype)
         S, K = T - 1, reps.shape[0]
-        b = self.b.detach()
+        b = self._b.detach()
         y0 = (x - b).contiguous()
         A64 = self._A64.detach()
         z = torch.randn(S, n, d, dtype=self.dtype, device=self.device, generator=generator)
