@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from thermoai import tree as T
+from thermoai.bayes._common import under_transform
 from thermoai.types import Schedule, TensorTree, check_non_negative, check_scalar_value, resolve_schedule
 
 
@@ -95,7 +96,7 @@ def adam(
             )
         if not p:
             return params, state
-        if any(torch._C._functorch.is_functorch_wrapped_tensor(x) for x in p + g + m + v):
+        if any(under_transform(x) for x in p + g + m + v):
             # inside vmap (an ensemble of VI states): foreach kernels have no batching rule
             return _update_per_leaf(g, state, params, step_lr, inplace)
         if maximize:

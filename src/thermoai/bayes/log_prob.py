@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.func import grad_and_value, vmap
 
 from thermoai import tree as T
+from thermoai.bayes._common import single, under_transform
 from thermoai.types import LogProbFn, TensorTree
 
 
@@ -68,7 +69,7 @@ def value_and_grad(
     with torch.no_grad():
         # with has_aux, grad_and_value returns (grad, (output, aux of g)) and g already returns the value in its aux
         grads, (_, (value, aux)) = grad_and_value(g, has_aux=True)(params)
-    if check_finite and not _inside_transform(value) and not T.tree_all_finite((value, grads)):
+    if check_finite and not under_transform(value) and not T.tree_all_finite((value, grads)):
         # value and gradient share the one sync above; only the error path tells them apart
         if not bool(torch.isfinite(value)):
             raise ValueError(f"{name} returned a non-finite value ({float(value)}); state left unchanged")
@@ -85,8 +86,7 @@ def per_sample(log_prob: LogProbFn, name: str = "log_likelihood") -> Callable[[T
     f = checked(log_prob, name)
 
     def one(params: TensorTree, sample: Any) -> tuple[Tensor, Any]:
-        single = T.tree_map(lambda x: x.unsqueeze(0), sample)
-        return f(params, single)
+        return f(params, single(sample))
 
     return vmap(one, in_dims=(None, 0))
 
@@ -103,7 +103,7 @@ def per_sample_grads(
         f = checked(log_prob, name)
 
         def one(p: TensorTree, sample: Any) -> Tensor:
-            return f(p, T.tree_map(lambda x: x.unsqueeze(0), sample))[0]
+            return f(p, single(sample))[0]
 
         with torch.no_grad():
             grads, values = vmap(grad_and_value(one, has_aux=False), in_dims=(None, 0))(params, batch)
@@ -114,11 +114,6 @@ def per_sample_grads(
         values = f(params, batch)[0]
         jac = torch.func.jacrev(lambda p: f(p, batch)[0])(params)
     return values, jac
-
-
-def _inside_transform(x: Tensor) -> bool:
-    """True inside vmap/grad transforms, where a host sync on the value is impossible."""
-    return torch._C._functorch.is_functorch_wrapped_tensor(x)
 
 
 def model_to_function(model: torch.nn.Module) -> Callable[..., Any]:

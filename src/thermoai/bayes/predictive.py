@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.func import vmap
 
 from thermoai import tree as T
-from thermoai.bayes.laplace._common import per_sample_jacobians
+from thermoai.bayes._common import per_sample_jacobians
 from thermoai.types import TensorTree
 
 __all__ = [

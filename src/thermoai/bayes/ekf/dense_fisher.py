@@ -20,7 +20,10 @@ import torch
 from torch import Tensor
 
 from thermoai import tree as T
-from thermoai.bayes.laplace._common import as_dense_psd, check_finite, check_per_sample_flag, under_transform
+from thermoai.bayes._common import (
+    as_dense_psd, check_finite, check_per_sample_flag, detached_copy, flat_rows, scalar_like, transform, under_transform,
+    zero_step,
+)
 from thermoai.bayes.log_prob import per_sample_grads
 from thermoai.types import LogProbFn, Schedule, TensorTree, Transform, check_non_negative, check_scalar_value, resolve_schedule
 
@@ -52,15 +55,10 @@ def build(
         check_non_negative(transition_cov, "transition_cov")
     check_per_sample_flag(per_sample)
 
-    def _init(params: TensorTree, init_cov: Any = init_cov) -> EKFDenseState:
-        return init(params, init_cov)
-
-    def _update(
-        state: EKFDenseState, batch: Any, inplace: bool = False, lr: Schedule = lr, transition_cov: Any = transition_cov
-    ) -> tuple[EKFDenseState, Tensor]:
-        return update(state, batch, log_likelihood, lr, transition_cov, per_sample, inplace)
-
-    return Transform(_init, _update)
+    return transform(
+        init, update, fixed=dict(log_likelihood=log_likelihood, per_sample=per_sample), lr=lr,
+        transition_cov=transition_cov, init_cov=init_cov,
+    )
 
 
 class EKFDenseState(NamedTuple):
@@ -82,7 +80,7 @@ class EKFDenseState(NamedTuple):
 def init(params: TensorTree, init_cov: float | Tensor = 1.0) -> EKFDenseState:
     """Fresh state at mean ``params`` (copied) with covariance ``init_cov`` (positive definite)."""
     T.check_floating_leaves(params)
-    mean = T.tree_map(lambda x: x.detach().clone(), params)
+    mean = detached_copy(params)
     flat = T.tree_ravel(mean)
     if isinstance(init_cov, (int, float)):
         check_non_negative(init_cov, "init_cov", strictly=True)
@@ -92,8 +90,8 @@ def init(params: TensorTree, init_cov: float | Tensor = 1.0) -> EKFDenseState:
     return EKFDenseState(
         params=mean,
         cov=cov,
-        log_likelihood=torch.full((), float("nan"), dtype=flat.dtype, device=flat.device),
-        step=torch.zeros((), dtype=torch.int64, device=flat.device),
+        log_likelihood=scalar_like(flat, float("nan")),
+        step=zero_step(flat),
     )
 
 
@@ -122,7 +120,7 @@ def update(
         cov_pred = state.cov + as_dense_psd(transition_cov, d, state.cov, "transition_cov")
     values, grads = per_sample_grads(log_likelihood, state.params, batch, per_sample_fn=per_sample, name="log_likelihood")
     B = values.shape[0]
-    G = torch.cat([x.reshape(B, -1) for x in T.leaves(grads)], dim=1).to(state.cov.dtype)
+    G = flat_rows(grads, B).to(state.cov.dtype)
     check_finite([G], "the per-sample gradients of log_likelihood have NaN or Inf entries; state left unchanged")
 
     prec_pred = _spd_inverse(cov_pred, "the predicted covariance (cov + transition_cov)")

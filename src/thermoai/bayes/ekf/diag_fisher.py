@@ -21,7 +21,9 @@ import torch
 from torch import Tensor
 
 from thermoai import tree as T
-from thermoai.bayes.laplace._common import check_finite, check_per_sample_flag
+from thermoai.bayes._common import (
+    check_finite, check_per_sample_flag, copy_like, detached_copy, sample_diag_normal, scalar_like, transform, zero_step,
+)
 from thermoai.bayes.log_prob import per_sample_grads
 from thermoai.types import LogProbFn, Schedule, TensorTree, Transform, check_non_negative, check_scalar_value, resolve_schedule
 
@@ -49,15 +51,10 @@ def build(
     _check_positive_or_tree(init_sds, "init_sds", strictly=True)
     check_per_sample_flag(per_sample)
 
-    def _init(params: TensorTree, init_sds: Any = init_sds) -> EKFDiagState:
-        return init(params, init_sds)
-
-    def _update(
-        state: EKFDiagState, batch: Any, inplace: bool = False, lr: Schedule = lr, transition_sd: Any = transition_sd
-    ) -> tuple[EKFDiagState, Tensor]:
-        return update(state, batch, log_likelihood, lr, transition_sd, per_sample, inplace)
-
-    return Transform(_init, _update)
+    return transform(
+        init, update, fixed=dict(log_likelihood=log_likelihood, per_sample=per_sample), lr=lr,
+        transition_sd=transition_sd, init_sds=init_sds,
+    )
 
 
 class EKFDiagState(NamedTuple):
@@ -80,12 +77,12 @@ def init(params: TensorTree, init_sds: float | TensorTree = 1.0) -> EKFDiagState
     """Fresh state at mean ``params`` (copied) with sds ``init_sds``; dtype/device follow params."""
     _check_positive_or_tree(init_sds, "init_sds", strictly=True)
     ref = T.check_floating_leaves(params)[0]
-    mean = T.tree_map(lambda x: x.detach().clone(), params)
+    mean = detached_copy(params)
     return EKFDiagState(
         params=mean,
         sd_diag=_like(mean, init_sds, "init_sds"),
-        log_likelihood=torch.full((), float("nan"), dtype=ref.dtype, device=ref.device),
-        step=torch.zeros((), dtype=torch.int64, device=ref.device),
+        log_likelihood=scalar_like(ref, float("nan")),
+        step=zero_step(ref),
     )
 
 
@@ -134,12 +131,7 @@ def sample(
     state: EKFDiagState, sample_shape: torch.Size | tuple[int, ...] = torch.Size([]), generator: torch.Generator | None = None
 ) -> TensorTree:
     """Draws ``mu + sigma * eps``; leaves of shape ``sample_shape + leaf.shape``."""
-    sample_shape = torch.Size(sample_shape)
-
-    def draw(m: Tensor, s: Tensor) -> Tensor:
-        return m + s * torch.randn(sample_shape + m.shape, dtype=m.dtype, device=m.device, generator=generator)
-
-    return T.tree_map(draw, state.params, state.sd_diag)
+    return sample_diag_normal(state.params, state.sd_diag, sample_shape, generator)
 
 
 def _is_scalar(value: Any) -> bool:
@@ -150,8 +142,7 @@ def _like(params: TensorTree, value: float | TensorTree, name: str) -> TensorTre
     """``value`` (a number or a tree like ``params``) as a tree of tensors like ``params``."""
     if _is_scalar(value):
         return T.tree_map(lambda x: torch.full_like(x, float(value)), params)
-    T.check_same_structure(params, value, "params", name)
-    return T.tree_map(lambda x, v: v.detach().to(dtype=x.dtype, device=x.device).clone(), params, value)
+    return copy_like(params, value, name)
 
 
 def _check_positive_or_tree(value: Any, name: str, strictly: bool) -> None:

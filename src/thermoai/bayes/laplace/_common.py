@@ -1,4 +1,7 @@
-"""Pieces shared by the Laplace approximations: checks, precision initialisation, output Hessians."""
+"""Pieces shared by the Laplace approximations: precision initialisation and output Hessians.
+
+Helpers also used by other families (checks, per-sample Jacobians) are in :mod:`thermoai.bayes._common`.
+"""
 
 from __future__ import annotations
 
@@ -6,42 +9,11 @@ from typing import Any, Callable
 
 import torch
 from torch import Tensor
-from torch.func import grad, jacrev, jvp, vmap
+from torch.func import grad, jvp, vmap
 
 from thermoai import tree as T
+from thermoai.bayes._common import as_dense_psd
 from thermoai.types import TensorTree, check_non_negative
-
-
-def check_per_sample_flag(per_sample: Any) -> None:
-    if not isinstance(per_sample, bool):
-        raise TypeError(f"per_sample must be True or False; got {per_sample!r}")
-
-
-def forward_outputs(forward: Callable[..., Any], params: TensorTree, batch: Any) -> tuple[Tensor, Any]:
-    """``(z, aux) = forward(params, batch)`` with ``z`` checked to be a ``(B, *out)`` tensor (GGN variants)."""
-    out = forward(params, batch)
-    if not (isinstance(out, tuple) and len(out) == 2):
-        raise ValueError(f"forward must return a pair (z, aux); got {type(out).__name__}")
-    z, aux = out
-    if not isinstance(z, Tensor) or z.ndim < 1:
-        raise ValueError("forward must return outputs z of shape (batch, *out)")
-    return z, aux
-
-
-def per_sample_jacobians(
-    forward: Callable[..., Any], params: TensorTree, batch: Any, chunk_size: int | None = None
-) -> tuple[Tensor, Any, TensorTree]:
-    """``(z, aux, jac)``: the outputs ``z`` ``(B, *out)`` and ``aux`` of ``forward(params, batch)``, and the
-    Jacobian of each sample's flattened outputs (the sample run as a batch of one), leaves
-    ``(B, C, *leaf.shape)`` with ``C = prod(out)``; vmapped over samples, ``chunk_size`` at a time."""
-    with torch.no_grad():
-        z, aux = forward_outputs(forward, params, batch)
-
-        def one(sample: Any) -> TensorTree:
-            return jacrev(lambda p: forward(p, single(sample))[0].reshape(-1))(params)
-
-        jac = vmap(one, chunk_size=chunk_size)(batch)
-    return z, aux, jac
 
 
 def diag_init(params: TensorTree, init_prec_diag: Any, prior_precision: Any) -> TensorTree:
@@ -77,42 +49,6 @@ def dense_init(flat: Tensor, init_prec: Any, prior_precision: Any) -> Tensor:
     return out
 
 
-def as_dense_psd(value: Any, d: int, like: Tensor, name: str) -> Tensor:
-    """A number, ``(d,)`` vector or ``(d, d)`` PSD matrix as a ``(d, d)`` matrix; clear errors otherwise."""
-    if isinstance(value, (int, float)) or (isinstance(value, Tensor) and value.numel() == 1 and value.ndim <= 1 and d != 1):
-        check_non_negative(value, name)
-        return float(value) * torch.eye(d, dtype=like.dtype, device=like.device)
-    if not isinstance(value, Tensor):
-        raise TypeError(f"{name} must be a number, a ({d},) vector or a ({d}, {d}) matrix; got {type(value).__name__}")
-    v = value.detach().to(dtype=like.dtype, device=like.device)
-    if not bool(torch.isfinite(v).all()):
-        raise ValueError(f"{name} has NaN or infinite entries")
-    if v.shape == (d,):
-        if bool((v < 0).any()):
-            raise ValueError(f"{name} (a diagonal) must be non-negative; found {float(v.min())}")
-        return torch.diag(v)
-    if v.shape != (d, d):
-        raise ValueError(f"{name} must be a number, a ({d},) vector or a ({d}, {d}) matrix; got shape {tuple(v.shape)}")
-    check_psd(v, name)
-    return v.clone()
-
-
-def check_psd(m: Tensor, name: str) -> None:
-    """Raise ``ValueError`` unless ``m`` is symmetric positive semi-definite (up to rounding)."""
-    scale = float(m.abs().max()) if m.numel() else 0.0
-    tol = 1e3 * torch.finfo(m.dtype).eps * max(scale, 1.0) * m.shape[-1]
-    if float((m - m.mT).abs().max()) > tol:
-        raise ValueError(f"{name} must be symmetric; max |M - M^T| = {float((m - m.mT).abs().max()):.3g}")
-    lowest = float(torch.linalg.eigvalsh(0.5 * (m + m.mT)).min())
-    if lowest < -tol:
-        raise ValueError(f"{name} must be positive semi-definite; its smallest eigenvalue is {lowest:.3g}")
-
-
-def single(sample: Any) -> Any:
-    """One sample of a batch as a batch of size one (leading dimension kept)."""
-    return T.tree_map(lambda x: x.unsqueeze(0), sample)
-
-
 def output_hessian_blocks(
     outer_log_likelihood: Callable[[Tensor, Any], Tensor], z: Tensor, batch: Any
 ) -> Tensor:
@@ -145,17 +81,3 @@ def output_hessian_blocks(
     with torch.no_grad():
         cols = vmap(hvp)(tangents)  # (C, B, *out): column c of every block
     return cols.reshape(C, B, C).permute(1, 2, 0).contiguous()
-
-
-def under_transform(x: Tensor) -> bool:
-    """True inside ``vmap``/``grad`` (e.g. an ensemble of states), where a host-side check is impossible."""
-    return torch._C._functorch.is_functorch_wrapped_tensor(x)
-
-
-def check_finite(tensors: list[Tensor], message: str) -> None:
-    """Raise ``ValueError(message)`` if any entry is NaN/Inf; skipped under vmap (an ensemble checks the
-    stacked result itself)."""
-    if not tensors or any(under_transform(x) for x in tensors):
-        return
-    if not T.tree_all_finite(tensors):
-        raise ValueError(message)

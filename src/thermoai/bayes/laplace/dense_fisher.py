@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from thermoai import tree as T
-from thermoai.bayes.laplace._common import check_finite, check_per_sample_flag, dense_init
+from thermoai.bayes._common import check_finite, check_per_sample_flag, detached_copy, flat_rows, transform, zero_step
+from thermoai.bayes.laplace._common import dense_init
 from thermoai.bayes.log_prob import per_sample_grads
 from thermoai.types import LogProbFn, TensorTree, Transform, check_non_negative
 
@@ -41,13 +42,10 @@ def build(
     """
     check_per_sample_flag(per_sample)
 
-    def _init(params: TensorTree, init_prec: Any = init_prec, prior_precision: Any = prior_precision) -> DenseLaplaceState:
-        return init(params, init_prec, prior_precision)
-
-    def _update(state: DenseLaplaceState, batch: Any, inplace: bool = False, per_sample: bool = per_sample) -> tuple[DenseLaplaceState, Tensor]:
-        return update(state, batch, log_posterior, per_sample, inplace)
-
-    return Transform(_init, _update)
+    return transform(
+        init, update, fixed=dict(log_posterior=log_posterior), per_sample=per_sample, init_prec=init_prec,
+        prior_precision=prior_precision,
+    )
 
 
 class DenseLaplaceState(NamedTuple):
@@ -67,12 +65,12 @@ class DenseLaplaceState(NamedTuple):
 def init(params: TensorTree, init_prec: Any = 0.0, prior_precision: Any = 0.0) -> DenseLaplaceState:
     """Fresh state: mode ``params`` (copied), precision ``init_prec + prior_precision`` (params' dtype/device)."""
     T.check_floating_leaves(params)
-    mode = T.tree_map(lambda x: x.detach().clone(), params)
+    mode = detached_copy(params)
     flat = T.tree_ravel(mode)
     return DenseLaplaceState(
         params=mode,
         prec=dense_init(flat, init_prec, prior_precision),
-        step=torch.zeros((), dtype=torch.int64, device=flat.device),
+        step=zero_step(flat),
     )
 
 
@@ -88,11 +86,6 @@ def update(
     G = flat_rows(grads, values.shape[0]).to(state.prec.dtype)
     increment = G.mT @ G
     return accumulate(state, increment, inplace, "the per-sample gradients of log_posterior"), values
-
-
-def flat_rows(tree: TensorTree, n: int) -> Tensor:
-    """Leaves with a leading dimension ``n`` concatenated into an ``(n, d)`` matrix (ravel order)."""
-    return torch.cat([x.reshape(n, -1) for x in T.leaves(tree)], dim=1)
 
 
 def accumulate(state: DenseLaplaceState, increment: Tensor, inplace: bool, what: str) -> DenseLaplaceState:

@@ -17,8 +17,9 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from thermoai.bayes.laplace._common import output_hessian_blocks, per_sample_jacobians
-from thermoai.bayes.laplace.dense_fisher import DenseLaplaceState, accumulate, flat_rows, init, sample
+from thermoai.bayes._common import flat_rows, per_sample_jacobians, transform
+from thermoai.bayes.laplace._common import output_hessian_blocks
+from thermoai.bayes.laplace.dense_fisher import DenseLaplaceState, accumulate, init, sample
 from thermoai.types import ForwardFn, TensorTree, Transform
 
 __all__ = ["build", "DenseLaplaceState", "init", "update", "sample"]
@@ -39,13 +40,10 @@ def build(
         prior_precision: prior precision added to the precision (same forms).
     """
 
-    def _init(params: TensorTree, init_prec: Any = init_prec, prior_precision: Any = prior_precision) -> DenseLaplaceState:
-        return init(params, init_prec, prior_precision)
-
-    def _update(state: DenseLaplaceState, batch: Any, inplace: bool = False) -> tuple[DenseLaplaceState, Any]:
-        return update(state, batch, forward, outer_log_likelihood, inplace)
-
-    return Transform(_init, _update)
+    return transform(
+        init, update, fixed=dict(forward=forward, outer_log_likelihood=outer_log_likelihood),
+        init_prec=init_prec, prior_precision=prior_precision,
+    )
 
 
 def update(

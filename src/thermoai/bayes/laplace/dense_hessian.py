@@ -18,9 +18,10 @@ import torch
 from torch import Tensor
 
 from thermoai import tree as T
+from thermoai.bayes._common import transform
 from thermoai.bayes.laplace.dense_fisher import DenseLaplaceState, accumulate, init, sample
 from thermoai.bayes.log_prob import checked
-from thermoai.types import LogProbFn, TensorTree, Transform, check_non_negative
+from thermoai.types import LogProbFn, Transform, check_non_negative
 
 __all__ = ["build", "DenseLaplaceState", "init", "update", "sample"]
 
@@ -44,15 +45,10 @@ def build(
     check_non_negative(epsilon, "epsilon")
     check_non_negative(rescale, "rescale")
 
-    def _init(params: TensorTree, init_prec: Any = init_prec, prior_precision: Any = prior_precision) -> DenseLaplaceState:
-        return init(params, init_prec, prior_precision)
-
-    def _update(
-        state: DenseLaplaceState, batch: Any, inplace: bool = False, epsilon: float = epsilon, rescale: float = rescale
-    ) -> tuple[DenseLaplaceState, Any]:
-        return update(state, batch, log_posterior, epsilon, rescale, inplace)
-
-    return Transform(_init, _update)
+    return transform(
+        init, update, fixed=dict(log_posterior=log_posterior), init_prec=init_prec, epsilon=epsilon,
+        rescale=rescale, prior_precision=prior_precision,
+    )
 
 
 def update(

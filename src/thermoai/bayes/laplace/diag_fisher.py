@@ -21,7 +21,10 @@ import torch
 from torch import Tensor
 
 from thermoai import tree as T
-from thermoai.bayes.laplace._common import check_finite, check_per_sample_flag, diag_init, under_transform
+from thermoai.bayes._common import (
+    check_finite, check_per_sample_flag, detached_copy, sample_diag_normal, transform, under_transform, zero_step,
+)
+from thermoai.bayes.laplace._common import diag_init
 from thermoai.bayes.log_prob import per_sample_grads
 from thermoai.types import LogProbFn, TensorTree, Transform, check_non_negative
 
@@ -45,13 +48,10 @@ def build(
     """
     check_per_sample_flag(per_sample)
 
-    def _init(params: TensorTree, init_prec_diag: Any = init_prec_diag, prior_precision: Any = prior_precision) -> DiagLaplaceState:
-        return init(params, init_prec_diag, prior_precision)
-
-    def _update(state: DiagLaplaceState, batch: Any, inplace: bool = False, per_sample: bool = per_sample) -> tuple[DiagLaplaceState, Tensor]:
-        return update(state, batch, log_posterior, per_sample, inplace)
-
-    return Transform(_init, _update)
+    return transform(
+        init, update, fixed=dict(log_posterior=log_posterior), per_sample=per_sample,
+        init_prec_diag=init_prec_diag, prior_precision=prior_precision,
+    )
 
 
 class DiagLaplaceState(NamedTuple):
@@ -71,11 +71,11 @@ class DiagLaplaceState(NamedTuple):
 def init(params: TensorTree, init_prec_diag: Any = 0.0, prior_precision: Any = 0.0) -> DiagLaplaceState:
     """Fresh state: mode ``params`` (detached copy), precision ``init_prec_diag + prior_precision``."""
     ref = T.check_floating_leaves(params)[0]
-    mode = T.tree_map(lambda x: x.detach().clone(), params)
+    mode = detached_copy(params)
     return DiagLaplaceState(
         params=mode,
         prec_diag=diag_init(mode, init_prec_diag, prior_precision),
-        step=torch.zeros((), dtype=torch.int64, device=ref.device),
+        step=zero_step(ref),
     )
 
 
@@ -129,16 +129,11 @@ def sample(
     precision anywhere is an error (infinite variance): add a ``prior_precision``.
     """
     check_non_negative(temperature, "temperature")
-    sample_shape = torch.Size(sample_shape)
     for leaf in T.leaves(state.prec_diag):
         if bool((leaf <= 0).any()):
             raise ValueError(
                 "prec_diag has zero or negative entries (infinite variance); pass a positive prior_precision"
             )
     scale = float(temperature) ** 0.5
-
-    def draw(m: Tensor, p: Tensor) -> Tensor:
-        e = torch.randn(sample_shape + m.shape, dtype=m.dtype, device=m.device, generator=generator)
-        return m + e * (scale * torch.rsqrt(p))
-
-    return T.tree_map(draw, state.params, state.prec_diag)
+    sd = T.tree_map(lambda p: scale * torch.rsqrt(p), state.prec_diag)
+    return sample_diag_normal(state.params, sd, sample_shape, generator)

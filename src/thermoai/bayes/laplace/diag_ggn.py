@@ -28,7 +28,8 @@ from torch import Tensor
 from torch.func import vjp, vmap
 
 from thermoai import tree as T
-from thermoai.bayes.laplace._common import check_finite, forward_outputs, output_hessian_blocks, single
+from thermoai.bayes._common import check_finite, forward_outputs, single, transform
+from thermoai.bayes.laplace._common import output_hessian_blocks
 from thermoai.bayes.laplace.diag_fisher import DiagLaplaceState, _accumulate, init, sample
 from thermoai.types import ForwardFn, TensorTree, Transform
 
@@ -50,13 +51,10 @@ def build(
         prior_precision: prior precision added to the precision (number or tree, >= 0).
     """
 
-    def _init(params: TensorTree, init_prec_diag: Any = init_prec_diag, prior_precision: Any = prior_precision) -> DiagLaplaceState:
-        return init(params, init_prec_diag, prior_precision)
-
-    def _update(state: DiagLaplaceState, batch: Any, inplace: bool = False) -> tuple[DiagLaplaceState, Any]:
-        return update(state, batch, forward, outer_log_likelihood, inplace)
-
-    return Transform(_init, _update)
+    return transform(
+        init, update, fixed=dict(forward=forward, outer_log_likelihood=outer_log_likelihood),
+        init_prec_diag=init_prec_diag, prior_precision=prior_precision,
+    )
 
 
 def update(

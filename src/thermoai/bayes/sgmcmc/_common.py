@@ -16,14 +16,10 @@ import torch
 from torch import Tensor
 
 from thermoai import tree as T
+from thermoai.bayes._common import copy_like, under_transform
 from thermoai.types import Schedule, TensorTree, check_non_negative, check_scalar_value, resolve_schedule
 
 Coef = float | Tensor
-
-
-def is_wrapped(x: Tensor) -> bool:
-    """True for tensors inside a torch.func transform (vmap/grad), where foreach kernels do not work."""
-    return torch._C._functorch.is_functorch_wrapped_tensor(x)
 
 
 def check_hyper(**values: Schedule) -> None:
@@ -45,7 +41,7 @@ def resolve(value: Schedule, step: Tensor, name: str) -> Coef:
     if isinstance(out, Tensor):
         if out.numel() != 1:
             raise ValueError(f"{name} schedule must return a scalar; got shape {tuple(out.shape)}")
-        if is_wrapped(out):
+        if under_transform(out):
             # one value per vmapped member; coefficient arithmetic in float64 like the Python-float path
             # (a 0-d coefficient does not promote the parameters' dtype)
             return out.reshape(()).to(torch.float64)
@@ -75,7 +71,7 @@ def is_zero(x: Coef) -> bool:
 
 def axpy(target: list[Tensor], coef: Coef, other: Sequence[Tensor], inplace: bool) -> list[Tensor]:
     """``target + coef * other`` leaf by leaf; into ``target`` when ``inplace``, else into new tensors."""
-    if isinstance(coef, float) and not is_wrapped(target[0]) and not is_wrapped(other[0]):
+    if isinstance(coef, float) and not under_transform(target[0]) and not under_transform(other[0]):
         if inplace:
             torch._foreach_add_(target, list(other), alpha=coef)
             return target
@@ -89,7 +85,7 @@ def axpy(target: list[Tensor], coef: Coef, other: Sequence[Tensor], inplace: boo
 
 def scale(target: list[Tensor], coef: Coef, inplace: bool) -> list[Tensor]:
     """``coef * target`` leaf by leaf (a plain 0-d tensor ``coef`` stays on device: no sync)."""
-    if not is_wrapped(target[0]) and (isinstance(coef, float) or not is_wrapped(coef)):
+    if not under_transform(target[0]) and (isinstance(coef, float) or not under_transform(coef)):
         if inplace:
             torch._foreach_mul_(target, coef)
             return target
@@ -118,7 +114,7 @@ def add_noise(target: list[Tensor], std: Coef, generator: torch.Generator | None
 def mean_square(ls: Sequence[Tensor]) -> Tensor:
     """``mean over all elements of all leaves of x**2`` as a 0-d tensor (no host sync)."""
     n = sum(x.numel() for x in ls)
-    if not is_wrapped(ls[0]):
+    if not under_transform(ls[0]):
         norms = torch._foreach_norm(list(ls))
         return torch.stack(norms).square().sum() / n
     return sum((x * x).sum() for x in ls) / n
@@ -135,16 +131,6 @@ def store_scalar(old: Tensor, value: Tensor, inplace: bool) -> Tensor:
         old.copy_(value)
         return old
     return value
-
-
-def scalar_like(leaf: Tensor, value: float) -> Tensor:
-    """A fresh 0-d tensor with the parameters' floating dtype and device."""
-    return torch.full((), value, dtype=leaf.dtype, device=leaf.device)
-
-
-def zero_step(leaf: Tensor) -> Tensor:
-    """A fresh step counter (never shared between states: see research note, defect 4)."""
-    return torch.zeros((), dtype=torch.int64, device=leaf.device)
 
 
 def initial_momenta(
@@ -173,13 +159,7 @@ def momenta_like(
         if math.isnan(fill) or math.isinf(fill):
             raise ValueError(f"{name} must be finite; got {fill}")
         return T.unflatten(spec, [torch.full_like(x, fill) for x in ls])
-    T.check_same_structure(params, momenta, "params", name)
-    out = []
-    for p, m in zip(ls, T.leaves(momenta)):
-        if not isinstance(m, Tensor):
-            raise TypeError(f"{name} leaves must be tensors; got {type(m).__name__}")
-        out.append(m.detach().to(dtype=p.dtype, device=p.device).clone())
-    return T.unflatten(spec, out)
+    return copy_like(params, momenta, name)
 
 
 def rebuild(like: TensorTree, ls: list[Tensor], inplace: bool) -> TensorTree:

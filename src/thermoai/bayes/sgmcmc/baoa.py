@@ -18,7 +18,6 @@ The O step samples the momentum's conditional exactly, which keeps the configura
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any, NamedTuple
 
 import torch
@@ -26,6 +25,7 @@ from torch import Tensor
 
 from thermoai import tree as T
 from thermoai.bayes import log_prob
+from thermoai.bayes._common import scalar_like, transform, zero_step
 from thermoai.bayes.sgmcmc import _common as C
 from thermoai.types import LogProbFn, Schedule, TensorTree, Transform
 
@@ -41,11 +41,9 @@ def build(
     """BAOA transform; arguments as :func:`thermoai.bayes.sgmcmc.sghmc.build` (no ``beta``)."""
     C.check_positive(lr=lr, sigma=sigma)
     C.check_hyper(alpha=alpha, temperature=temperature)
-    return Transform(
-        init=partial(init, momenta=momenta, sigma=sigma, temperature=temperature),
-        update=partial(
-            update, log_posterior=log_posterior, lr=lr, alpha=alpha, sigma=sigma, temperature=temperature
-        ),
+    return transform(
+        init, update, fixed=dict(log_posterior=log_posterior), lr=lr, alpha=alpha, sigma=sigma,
+        temperature=temperature, momenta=momenta,
     )
 
 
@@ -67,9 +65,9 @@ def init(
 ) -> BAOAState:
     """A fresh state at ``params`` (held, not copied); momenta as in SGHMC."""
     first = T.check_floating_leaves(params)[0]
-    step = C.zero_step(first)
+    step = zero_step(first)
     momenta = C.initial_momenta(params, momenta, sigma, temperature, step, generator)
-    return BAOAState(params, momenta, C.scalar_like(first, float("nan")), step)
+    return BAOAState(params, momenta, scalar_like(first, float("nan")), step)
 
 
 def update(

@@ -21,7 +21,6 @@ posteriors 0.1.3.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any, NamedTuple
 
 import torch
@@ -29,6 +28,7 @@ from torch import Tensor
 
 from thermoai import tree as T
 from thermoai.bayes import log_prob
+from thermoai.bayes._common import scalar_like, transform, under_transform, zero_step
 from thermoai.bayes.sgmcmc import _common as C
 from thermoai.types import LogProbFn, Schedule, TensorTree, Transform
 
@@ -47,12 +47,9 @@ def build(
     _check(decay, eps_reg, freeze_after)
     C.check_positive(lr=lr)
     C.check_hyper(temperature=temperature)
-    return Transform(
-        init=init,
-        update=partial(
-            update, log_posterior=log_posterior, lr=lr, decay=decay, eps_reg=eps_reg, temperature=temperature,
-            freeze_after=freeze_after,
-        ),
+    return transform(
+        init, update, fixed=dict(log_posterior=log_posterior), lr=lr, decay=decay, eps_reg=eps_reg,
+        temperature=temperature, freeze_after=freeze_after,
     )
 
 
@@ -70,7 +67,7 @@ def init(params: TensorTree) -> PSGLDState:
     """A fresh state at ``params`` (held, not copied)."""
     first = T.check_floating_leaves(params)[0]
     return PSGLDState(
-        params, T.tree_map(torch.zeros_like, params), C.scalar_like(first, float("nan")), C.zero_step(first)
+        params, T.tree_map(torch.zeros_like, params), scalar_like(first, float("nan")), zero_step(first)
     )
 
 
@@ -94,7 +91,7 @@ def update(
     g = T.leaves(grad)
     with torch.no_grad():
         v = T.leaves(state.square_avg)
-        fused = not C.is_wrapped(v[0]) and not C.is_wrapped(g[0])
+        fused = not under_transform(v[0]) and not under_transform(g[0])
         # bias correction 1 / (1 - decay^(t+1)) from the step counter, kept on device (no host sync)
         adapted = state.step + 1 if freeze_after is None else torch.clamp(state.step + 1, max=freeze_after)
         correction = 1.0 / (1.0 - decay ** adapted.to(v[0].dtype)) if decay > 0 else None

@@ -27,7 +27,6 @@ that step (initialise ``momenta`` from :func:`momenta_from_sgd_buffer`).
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any, NamedTuple
 
 import torch
@@ -35,6 +34,7 @@ from torch import Tensor
 
 from thermoai import tree as T
 from thermoai.bayes import log_prob
+from thermoai.bayes._common import scalar_like, transform, zero_step
 from thermoai.bayes.sgmcmc import _common as C
 from thermoai.types import LogProbFn, Schedule, TensorTree, Transform
 
@@ -53,11 +53,9 @@ def build(
     initial momenta: None draws ``N(0, T sigma^2)`` (zero at ``T = 0``), a number fills, a tree is copied."""
     C.check_positive(lr=lr, sigma=sigma)
     C.check_hyper(alpha=alpha, beta=beta, temperature=temperature)
-    return Transform(
-        init=partial(init, momenta=momenta, sigma=sigma, temperature=temperature),
-        update=partial(
-            update, log_posterior=log_posterior, lr=lr, alpha=alpha, beta=beta, sigma=sigma, temperature=temperature
-        ),
+    return transform(
+        init, update, fixed=dict(log_posterior=log_posterior), lr=lr, alpha=alpha, beta=beta, sigma=sigma,
+        temperature=temperature, momenta=momenta,
     )
 
 
@@ -80,9 +78,9 @@ def init(
 ) -> SGHMCState:
     """A fresh state at ``params`` (held, not copied) with momenta as described in :func:`build`."""
     first = T.check_floating_leaves(params)[0]
-    step = C.zero_step(first)
+    step = zero_step(first)
     momenta = C.initial_momenta(params, momenta, sigma, temperature, step, generator)
-    return SGHMCState(params, momenta, C.scalar_like(first, float("nan")), step)
+    return SGHMCState(params, momenta, scalar_like(first, float("nan")), step)
 
 
 def update(

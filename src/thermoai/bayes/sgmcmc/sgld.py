@@ -18,7 +18,6 @@ injected to keep the total at :math:`2 \epsilon T` (clamped at zero when the gra
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any, NamedTuple
 
 import torch
@@ -26,6 +25,7 @@ from torch import Tensor
 
 from thermoai import tree as T
 from thermoai.bayes import log_prob
+from thermoai.bayes._common import scalar_like, transform, zero_step
 from thermoai.bayes.sgmcmc import _common as C
 from thermoai.types import LogProbFn, Schedule, TensorTree, Transform
 
@@ -35,10 +35,7 @@ def build(log_posterior: LogProbFn, lr: Schedule, beta: float = 0.0, temperature
     ``beta`` >= 0 gradient-noise variance estimate; ``temperature`` >= 0 (or a schedule)."""
     C.check_positive(lr=lr)
     C.check_hyper(beta=beta, temperature=temperature)
-    return Transform(
-        init=init,
-        update=partial(update, log_posterior=log_posterior, lr=lr, beta=beta, temperature=temperature),
-    )
+    return transform(init, update, fixed=dict(log_posterior=log_posterior), lr=lr, beta=beta, temperature=temperature)
 
 
 class SGLDState(NamedTuple):
@@ -53,7 +50,7 @@ class SGLDState(NamedTuple):
 def init(params: TensorTree) -> SGLDState:
     """A fresh state at ``params`` (held, not copied: ``inplace=True`` updates write into them)."""
     first = T.check_floating_leaves(params)[0]
-    return SGLDState(params, C.scalar_like(first, float("nan")), C.zero_step(first))
+    return SGLDState(params, scalar_like(first, float("nan")), zero_step(first))
 
 
 def update(

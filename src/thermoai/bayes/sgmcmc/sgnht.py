@@ -19,7 +19,6 @@ position and thermostat use the new momentum, as in Ding et al.'s Algorithm 1. T
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any, NamedTuple
 
 import torch
@@ -27,6 +26,7 @@ from torch import Tensor
 
 from thermoai import tree as T
 from thermoai.bayes import log_prob
+from thermoai.bayes._common import scalar_like, transform, zero_step
 from thermoai.bayes.sgmcmc import _common as C
 from thermoai.types import LogProbFn, Schedule, TensorTree, Transform
 
@@ -47,11 +47,9 @@ def build(
     C.check_hyper(alpha=alpha, beta=beta, temperature=temperature)
     if xi is not None:
         C.check_hyper(xi=xi)
-    return Transform(
-        init=partial(init, momenta=momenta, sigma=sigma, temperature=temperature, xi=xi, alpha=alpha),
-        update=partial(
-            update, log_posterior=log_posterior, lr=lr, alpha=alpha, beta=beta, sigma=sigma, temperature=temperature
-        ),
+    return transform(
+        init, update, fixed=dict(log_posterior=log_posterior), lr=lr, alpha=alpha, beta=beta, sigma=sigma,
+        temperature=temperature, momenta=momenta, xi=xi,
     )
 
 
@@ -77,10 +75,10 @@ def init(
 ) -> SGNHTState:
     """A fresh state at ``params`` (held, not copied). ``xi=None`` starts the thermostat at ``alpha``."""
     first = T.check_floating_leaves(params)[0]
-    step = C.zero_step(first)
+    step = zero_step(first)
     momenta = C.initial_momenta(params, momenta, sigma, temperature, step, generator)
     xi0 = alpha if xi is None else xi
-    return SGNHTState(params, momenta, C.scalar_like(first, float(xi0)), C.scalar_like(first, float("nan")), step)
+    return SGNHTState(params, momenta, scalar_like(first, float(xi0)), scalar_like(first, float("nan")), step)
 
 
 def update(

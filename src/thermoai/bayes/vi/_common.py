@@ -1,5 +1,4 @@
-"""Pieces shared by diagonal and dense VI: argument checks, the bound ``update``, the next state, noise and
-per-draw gradients."""
+"""Pieces shared by diagonal and dense VI: argument checks, the next state, noise and per-draw gradients."""
 
 from __future__ import annotations
 
@@ -11,9 +10,9 @@ from torch.func import vmap
 
 from thermoai import tree as T
 from thermoai.bayes import adam as adam_mod
-from thermoai.bayes.laplace._common import under_transform
+from thermoai.bayes._common import single, under_transform
 from thermoai.bayes.log_prob import value_and_grad
-from thermoai.types import LogProbFn, Schedule, TensorTree, check_non_negative
+from thermoai.types import LogProbFn, Schedule, TensorTree, check_non_negative, resolve_schedule
 
 
 def resolve_optimizer(
@@ -41,27 +40,6 @@ def resolve_optimizer(
     return optimizer
 
 
-def bind_update(
-    update: Callable[..., Any], log_posterior: LogProbFn, optimizer: adam_mod.Optimizer, temperature: Schedule,
-    n_samples: int, stl: bool,
-) -> Callable[..., Any]:
-    """``update(state, batch, inplace=False, generator=None, temperature=, n_samples=, stl=)`` with the
-    build-time values as defaults (the ``update`` of both VI transforms)."""
-
-    def bound(
-        state: Any,
-        batch: Any,
-        inplace: bool = False,
-        generator: torch.Generator | None = None,
-        temperature: Schedule = temperature,
-        n_samples: int = n_samples,
-        stl: bool = stl,
-    ) -> tuple[Any, Any]:
-        return update(state, batch, log_posterior, optimizer, temperature, n_samples, stl, inplace, generator)
-
-    return bound
-
-
 def check_temperature(temperature: Schedule | float | Tensor) -> None:
     """A constant (or a schedule's value) must be finite and >= 0; anything else must be a schedule."""
     if isinstance(temperature, (int, float, Tensor)):
@@ -75,15 +53,27 @@ def check_n_samples(n_samples: int) -> None:
         raise ValueError(f"n_samples must be a positive integer; got {n_samples!r}")
 
 
-def next_state(state: Any, params: TensorTree, second: Any, opt_state: Any, nelbo: Tensor, inplace: bool) -> Any:
-    """The state after one optimiser step, for both VI states (fields ``params``, the covariance
-    parameter, ``opt_state``, ``nelbo``, ``step`` in that order). In place, the optimiser has already
-    written ``params``/``second``/``opt_state`` into ``state``'s tensors; only ``nelbo`` and ``step`` remain."""
+def nelbo_step(
+    state: Any, second: Any, nelbo_and_grad: Callable[..., tuple[Tensor, Any, Any]], batch: Any,
+    log_posterior: LogProbFn, optimizer: adam_mod.Optimizer, temperature: Schedule, n_samples: int, stl: bool,
+    inplace: bool, generator: torch.Generator | None,
+) -> tuple[Any, Any]:
+    """One optimiser step on the NELBO for both VI states (fields ``params``, the covariance parameter
+    ``second``, ``opt_state``, ``nelbo``, ``step`` in that order); returns ``(state, aux)``.
+
+    ``nelbo_and_grad(mean, second, batch, log_posterior, T, n_samples, stl, generator)`` is the family's
+    estimate. In place, the optimiser writes ``params``/``second``/``opt_state`` into ``state``'s tensors;
+    only ``nelbo`` and ``step`` remain.
+    """
+    temp = resolve_schedule(temperature, state.step, "temperature")
+    check_temperature(temp)
+    value, grads, aux = nelbo_and_grad(state.params, second, batch, log_posterior, temp, n_samples, stl, generator)
+    (params, new_second), opt_state = optimizer.update(grads, state.opt_state, (state.params, second), inplace=inplace)
     if inplace:
-        state.nelbo.copy_(nelbo)
+        state.nelbo.copy_(value)
         state.step.add_(1)
-        return state
-    return type(state)(params, second, opt_state, nelbo.detach(), state.step + 1)
+        return state, aux
+    return type(state)(params, new_second, opt_state, value.detach(), state.step + 1), aux
 
 
 def standard_normal_like(tree: TensorTree, n: int, generator: torch.Generator | None) -> TensorTree:
@@ -105,7 +95,7 @@ def draws_value_and_grad(
     if n == 1:
         theta = T.tree_map(lambda x: x[0], thetas)
         value, grad, aux = value_and_grad(log_posterior, theta, batch)
-        return value.reshape(1), T.tree_map(lambda x: x.unsqueeze(0), grad), aux
+        return value.reshape(1), single(grad), aux
 
     def one(theta: TensorTree) -> tuple[Tensor, TensorTree, Any]:
         return value_and_grad(log_posterior, theta, batch, check_finite=False)

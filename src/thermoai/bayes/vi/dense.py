@@ -29,15 +29,15 @@ from torch import Tensor
 
 from thermoai import tree as T
 from thermoai.bayes import adam as adam_mod
+from thermoai.bayes._common import detached_copy, flat_rows, scalar_like, transform, zero_step
 from thermoai.bayes.vi._common import (
-    bind_update,
     check_n_samples,
     check_temperature,
     draws_value_and_grad,
-    next_state,
+    nelbo_step,
     resolve_optimizer,
 )
-from thermoai.types import LogProbFn, Schedule, TensorTree, Transform, resolve_schedule
+from thermoai.types import LogProbFn, Schedule, TensorTree, Transform
 
 __all__ = ["build", "VIDenseState", "init", "update", "nelbo", "sample", "L_from_flat", "L_to_flat"]
 
@@ -70,10 +70,10 @@ def build(
     if isinstance(init_L, (int, float)):
         _check_scalar_L(init_L)
 
-    def _init(params: TensorTree, init_L: float | Tensor = init_L) -> VIDenseState:
-        return init(params, optimizer, init_L)
-
-    return Transform(_init, bind_update(update, log_posterior, optimizer, temperature, n_samples, stl))
+    return transform(
+        init, update, fixed=dict(log_posterior=log_posterior, optimizer=optimizer), temperature=temperature,
+        n_samples=n_samples, stl=stl, init_L=init_L,
+    )
 
 
 class VIDenseState(NamedTuple):
@@ -119,7 +119,7 @@ def init(params: TensorTree, optimizer: adam_mod.Optimizer | None = None, init_L
     """A fresh state at mean ``params`` (copied) with factor ``init_L``; dtype/device follow params."""
     optimizer = resolve_optimizer(optimizer, None, default_lr=1e-3)
     T.check_floating_leaves(params)
-    mean = T.tree_map(lambda x: x.detach().clone(), params)
+    mean = detached_copy(params)
     flat = T.tree_ravel(mean)
     d = flat.numel()
     if isinstance(init_L, (int, float)):
@@ -146,8 +146,8 @@ def init(params: TensorTree, optimizer: adam_mod.Optimizer | None = None, init_L
         params=mean,
         L_factor=L_flat,
         opt_state=optimizer.init((mean, L_flat)),
-        nelbo=torch.full((), math.nan, dtype=flat.dtype, device=flat.device),
-        step=torch.zeros((), dtype=torch.int64, device=flat.device),
+        nelbo=scalar_like(flat, math.nan),
+        step=zero_step(flat),
     )
 
 
@@ -163,13 +163,10 @@ def update(
     generator: torch.Generator | None = None,
 ) -> tuple[VIDenseState, Any]:
     """One optimiser step on the NELBO; returns ``(state, aux)`` (``aux`` of the first draw)."""
-    temp = resolve_schedule(temperature, state.step, "temperature")
-    check_temperature(temp)
-    value, grads, aux = nelbo_and_grad(
-        state.params, state.L_factor, batch, log_posterior, temp, n_samples, stl, generator
+    return nelbo_step(
+        state, state.L_factor, nelbo_and_grad, batch, log_posterior, optimizer, temperature, n_samples, stl,
+        inplace, generator,
     )
-    (new_mean, new_L), new_opt = optimizer.update(grads, state.opt_state, (state.params, state.L_factor), inplace=inplace)
-    return next_state(state, new_mean, new_L, new_opt, value, inplace), aux
 
 
 def nelbo_and_grad(
@@ -192,7 +189,7 @@ def nelbo_and_grad(
     eps = torch.randn((n_samples, d), dtype=mu.dtype, device=mu.device, generator=generator)
     thetas = mu + eps @ L.mT  # (S, d)
     log_p, g_tree, aux = draws_value_and_grad(log_posterior, unravel(thetas), batch)
-    g = torch.cat([x.reshape(n_samples, -1) for x in T.leaves(g_tree)], dim=1).to(mu.dtype)  # (S, d)
+    g = flat_rows(g_tree, n_samples).to(mu.dtype)  # (S, d)
 
     diag = torch.diagonal(L)
     log_q = -0.5 * (eps * eps).sum(-1) - torch.log(diag.abs()).sum() - 0.5 * d * math.log(2 * math.pi)

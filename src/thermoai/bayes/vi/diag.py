@@ -35,16 +35,16 @@ from torch import Tensor
 
 from thermoai import tree as T
 from thermoai.bayes import adam as adam_mod
+from thermoai.bayes._common import copy_like, detached_copy, sample_diag_normal, scalar_like, transform, zero_step
 from thermoai.bayes.vi._common import (
-    bind_update,
     check_n_samples,
     check_temperature,
     draws_value_and_grad,
-    next_state,
+    nelbo_step,
     resolve_optimizer,
     standard_normal_like,
 )
-from thermoai.types import LogProbFn, Schedule, TensorTree, Transform, resolve_schedule
+from thermoai.types import LogProbFn, Schedule, TensorTree, Transform
 
 __all__ = ["build", "VIDiagState", "init", "update", "nelbo", "sample"]
 
@@ -75,10 +75,10 @@ def build(
     check_n_samples(n_samples)
     _check_log_sds(init_log_sds)
 
-    def _init(params: TensorTree, init_log_sds: float | TensorTree = init_log_sds) -> VIDiagState:
-        return init(params, optimizer, init_log_sds)
-
-    return Transform(_init, bind_update(update, log_posterior, optimizer, temperature, n_samples, stl))
+    return transform(
+        init, update, fixed=dict(log_posterior=log_posterior, optimizer=optimizer), temperature=temperature,
+        n_samples=n_samples, stl=stl, init_log_sds=init_log_sds,
+    )
 
 
 class VIDiagState(NamedTuple):
@@ -106,19 +106,18 @@ def init(
     optimizer = resolve_optimizer(optimizer, None, default_lr=1e-3)
     _check_log_sds(init_log_sds)
     ref = T.check_floating_leaves(params)[0]
-    mean = T.tree_map(lambda x: x.detach().clone(), params)
+    mean = detached_copy(params)
     if isinstance(init_log_sds, (int, float)):
         log_sds = T.tree_map(lambda x: torch.full_like(x, float(init_log_sds)), mean)
     else:
-        T.check_same_structure(mean, init_log_sds, "params", "init_log_sds")
-        log_sds = T.tree_map(lambda x, y: y.detach().to(dtype=x.dtype, device=x.device).clone(), mean, init_log_sds)
+        log_sds = copy_like(mean, init_log_sds, "init_log_sds")
     opt_state = optimizer.init((mean, log_sds))
     return VIDiagState(
         params=mean,
         log_sd_diag=log_sds,
         opt_state=opt_state,
-        nelbo=torch.full((), math.nan, dtype=ref.dtype, device=ref.device),
-        step=torch.zeros((), dtype=torch.int64, device=ref.device),
+        nelbo=scalar_like(ref, math.nan),
+        step=zero_step(ref),
     )
 
 
@@ -137,15 +136,10 @@ def update(
 
     With ``inplace=True`` the tensors of ``state`` are overwritten and the same object is returned.
     """
-    temp = resolve_schedule(temperature, state.step, "temperature")
-    check_temperature(temp)
-    value, grads, aux = nelbo_and_grad(
-        state.params, state.log_sd_diag, batch, log_posterior, temp, n_samples, stl, generator
+    return nelbo_step(
+        state, state.log_sd_diag, nelbo_and_grad, batch, log_posterior, optimizer, temperature, n_samples, stl,
+        inplace, generator,
     )
-    (new_mean, new_log_sds), new_opt = optimizer.update(
-        grads, state.opt_state, (state.params, state.log_sd_diag), inplace=inplace
-    )
-    return next_state(state, new_mean, new_log_sds, new_opt, value, inplace), aux
 
 
 def nelbo_and_grad(
@@ -216,13 +210,7 @@ def sample(
     state: VIDiagState, sample_shape: torch.Size | tuple[int, ...] = torch.Size([]), generator: torch.Generator | None = None
 ) -> TensorTree:
     """Draws from ``q``: a tree whose leaves have shape ``sample_shape + leaf.shape``."""
-    sample_shape = torch.Size(sample_shape)
-
-    def draw(m: Tensor, r: Tensor) -> Tensor:
-        e = torch.randn(sample_shape + m.shape, dtype=m.dtype, device=m.device, generator=generator)
-        return m + torch.exp(r) * e
-
-    return T.tree_map(draw, state.params, state.log_sd_diag)
+    return sample_diag_normal(state.params, T.tree_map(torch.exp, state.log_sd_diag), sample_shape, generator)
 
 
 def _check_log_sds(init_log_sds: Any) -> None:
