@@ -14,10 +14,10 @@ Quick start::
 Needs the ``memory`` extra (transformers, gguf, accelerate). See docs/memory.md.
 """
 
-from thermoai.memory.attention import POSITION_MODES, ExtendedMind, attach, canonical_position_mode, suspended
+from thermoai.memory.attention import POSITION_MODES, ExtendedMind, attach, canonical_position_mode
 from thermoai.memory.bank import MemoryBank
 from thermoai.memory.citations import Citation, cite, memory_weights, sink_memories
-from thermoai.memory.model import AdaptiveGeneration, generate_adaptive, load_model
+from thermoai.memory.model import AdaptiveGeneration, generate_adaptive, load_model, suspended
 
 __all__ = [
     "AdaptiveGeneration",

@@ -43,7 +43,8 @@ from dataclasses import dataclass
 
 import torch
 
-from thermoai.memory.bank import MemoryBank, attention_shape, _layers
+from thermoai.memory.bank import MemoryBank
+from thermoai.memory.model import MIND_ATTRIBUTE, attention_shape, decoder_layers, suspended
 
 __all__ = ["ExtendedMind", "attach", "suspended", "POSITION_MODES", "POSITION_MODE_ALIASES",
            "canonical_position_mode", "ATTENTION_NAME", "emt_attention"]
@@ -53,7 +54,6 @@ POSITION_MODES = ("first", "original", "constant", "none")
 # other accepted spellings of the position modes
 POSITION_MODE_ALIASES = {"as_if_first": "first", "as-if-first": "first", "zero": "first",
                          "constant_distance": "constant", "constant-distance": "constant", "infllm": "constant"}
-_STATE = "_thermoai_mind"
 # elements of one [b, H, q_chunk, M] similarity block: bounds prefill memory; on a CPU small enough
 # that the top-k reads the block from cache (1.6x faster than 1 << 24 for 8 x 1100 queries against 16k
 # memories, float32, one core), on a GPU large enough that kernel launches do not dominate
@@ -136,7 +136,7 @@ class ExtendedMind:
                  index: str = "exact"):
         if not isinstance(bank, MemoryBank):
             raise TypeError(f"bank: expected a MemoryBank, got {type(bank).__name__}")
-        base, decoder_layers = _layers(model)
+        base, decoder = decoder_layers(model)
         rotary = getattr(base, "rotary_emb", None)
         n_layers, n_heads, n_kv, head_dim = attention_shape(model)
         if rotary is None or not hasattr(rotary, "inv_freq") or 2 * rotary.inv_freq.numel() != head_dim:
@@ -193,7 +193,7 @@ class ExtendedMind:
             if index == "faiss":
                 layer.index = _faiss_index(unit)
             self._layers[index_l] = layer
-        self._modules = [decoder_layers[i].self_attn for i in self.layers]
+        self._modules = [decoder[i].self_attn for i in self.layers]
         self._previous_impl = None
         self.attach()
 
@@ -227,15 +227,15 @@ class ExtendedMind:
         """Route the model's attention through ``"emt"`` (done by the constructor)."""
         if self._attached:
             return self
-        other = getattr(self.model, _STATE, None)
+        other = getattr(self.model, MIND_ATTRIBUTE, None)
         if other is not None and other is not self:
             raise RuntimeError("model already has an ExtendedMind attached; detach it first")
         _register()
         self._previous_impl = self.model.config._attn_implementation
         self.model.set_attn_implementation(ATTENTION_NAME)
         for module in self._modules:
-            setattr(module, _STATE, self)
-        setattr(self.model, _STATE, self)
+            setattr(module, MIND_ATTRIBUTE, self)
+        setattr(self.model, MIND_ATTRIBUTE, self)
         self._attached = True
         return self
 
@@ -244,10 +244,10 @@ class ExtendedMind:
         if not self._attached:
             return
         for module in self._modules:
-            if getattr(module, _STATE, None) is self:
-                delattr(module, _STATE)
-        if getattr(self.model, _STATE, None) is self:
-            delattr(self.model, _STATE)
+            if getattr(module, MIND_ATTRIBUTE, None) is self:
+                delattr(module, MIND_ATTRIBUTE)
+        if getattr(self.model, MIND_ATTRIBUTE, None) is self:
+            delattr(self.model, MIND_ATTRIBUTE)
         self.model.set_attn_implementation(self._previous_impl or "sdpa")
         self._attached = False
 
@@ -433,7 +433,7 @@ def _additive_mask(attention_mask, s: int, kv: int, dtype: torch.dtype, device) 
 
 def emt_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """The ``"emt"`` attention function (transformers' signature); output ``[b, q, H, d]``."""
-    mind = getattr(module, _STATE, None)
+    mind = getattr(module, MIND_ATTRIBUTE, None)
     if scaling is None:
         scaling = 1.0 / math.sqrt(query.shape[-1])
     if mind is None or not mind.active or mind.topk == 0:
@@ -448,21 +448,6 @@ def emt_attention(module, query, key, value, attention_mask, scaling=None, dropo
 def attach(model, bank: MemoryBank, topk: int = 10, layers=None, position_mode: str = "first", **options) -> ExtendedMind:
     """Attach ``bank`` to ``model``; returns the ``ExtendedMind`` (a context manager; ``.detach()``)."""
     return ExtendedMind(model, bank, topk=topk, layers=layers, position_mode=position_mode, **options)
-
-
-@contextlib.contextmanager
-def suspended(model):
-    """Within the block, an attached ExtendedMind (if any) does not retrieve."""
-    mind = getattr(model, _STATE, None)
-    if mind is None:
-        yield
-        return
-    previous = mind.active
-    mind.active = False
-    try:
-        yield
-    finally:
-        mind.active = previous
 
 
 def _topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from thermoai.memory.model import model_name
+from thermoai.memory.model import attention_shape, decoder_layers, model_name, suspended
 
 __all__ = ["MemoryBank", "config_hash", "weights_fingerprint", "default_window"]
 
@@ -54,26 +54,6 @@ _CONFIG_KEYS = (
     "num_key_value_heads", "head_dim", "vocab_size", "rms_norm_eps", "rope_parameters", "rope_theta",
     "rope_scaling", "max_position_embeddings", "attention_bias", "tie_word_embeddings",
 )
-
-
-def _layers(model):
-    """The decoder layers of a Llama-family causal LM."""
-    base = getattr(model, getattr(model, "base_model_prefix", "model"), None) or getattr(model, "model", None)
-    layers = getattr(base, "layers", None)
-    if layers is None or len(layers) == 0 or not hasattr(layers[0], "self_attn"):
-        raise TypeError(
-            f"model: expected a Llama-family causal LM (model.model.layers[i].self_attn), got {type(model).__name__}"
-        )
-    return base, layers
-
-
-def attention_shape(model) -> tuple[int, int, int, int]:
-    """``(n_layers, n_heads, n_kv_heads, head_dim)`` of ``model``."""
-    cfg = model.config
-    n_heads = cfg.num_attention_heads
-    n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
-    return cfg.num_hidden_layers, n_heads, n_kv, head_dim
 
 
 def config_hash(model) -> str:
@@ -91,7 +71,7 @@ def weights_fingerprint(model) -> str:
     keys, so the config hash alone cannot tell them apart. Rounding to bfloat16 first makes a
     float32 model and its bfloat16 copy share the fingerprint.
     """
-    _, layers = _layers(model)
+    _, layers = decoder_layers(model)
     digest = hashlib.sha256()
     for layer in (layers[0], layers[-1]):
         weight = layer.self_attn.k_proj.weight.detach()[:4].to("cpu", torch.bfloat16).float()
@@ -253,7 +233,7 @@ class MemoryBank:
                 retrieval on the model's device, once).
             progress: show a tqdm bar over the windows.
         """
-        base, layers = _layers(model)
+        base, layers = decoder_layers(model)
         n_layers, _, n_kv, head_dim = attention_shape(model)
         if (text is None) == (ids is None):
             raise ValueError("text, ids: expected exactly one of them, got " + ("both" if text is not None else "neither"))
@@ -353,8 +333,6 @@ class MemoryBank:
             key_module = getattr(attn, "k_norm", None) or attn.k_proj
             handles.append(key_module.register_forward_hook(hook("k", index)))
             handles.append(attn.v_proj.register_forward_hook(hook("v", index)))
-
-        from thermoai.memory.attention import suspended
 
         try:
             from tqdm.auto import tqdm

