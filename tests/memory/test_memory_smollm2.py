@@ -1,5 +1,8 @@
 """The embedded SmolLM2-135M-Instruct: offline load, exact prefix memory, k = 0, refusal, cache."""
 
+import os
+from pathlib import Path
+
 import torch
 
 from thermoai.memory import MemoryBank, attach, load_model
@@ -23,6 +26,24 @@ def test_default_model_is_smollm2_and_cached(smollm):
     assert model.config.name_or_path == DEFAULT_MODEL_NAME and not model.training
     again, _ = load_model()  # from the safetensors cache
     assert torch.equal(again.model.layers[3].self_attn.k_proj.weight, model.model.layers[3].self_attn.k_proj.weight)
+
+
+def test_cache_dir_is_thermoai_cache_dir_then_xdg_then_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("THERMOAI_CACHE_DIR", str(tmp_path / "own"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "own"
+    monkeypatch.delenv("THERMOAI_CACHE_DIR")
+    assert cache_dir() == tmp_path / "xdg" / "thermoai"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert cache_dir() == tmp_path / "home" / ".cache" / "thermoai"
+
+
+def test_the_suite_keeps_the_model_cache_in_the_repository():
+    """tests/conftest.py points the cache at the repository's ignored .pytest_cache, never at ~/.cache."""
+    suite_cache = Path(__file__).resolve().parents[2] / ".pytest_cache"
+    assert cache_dir() == Path(os.environ["THERMOAI_CACHE_DIR"])
+    assert cache_dir().resolve().is_relative_to(suite_cache)
 
 
 def test_prefix_memory_equals_full_context_and_k0_equals_plain(smollm):
