@@ -139,3 +139,22 @@ def test_quick_run_is_reproducible(quick_run, tmp_path):
     for method in cp.METHODS:
         k = "0" if method in ("map", "deep_ensemble") else key
         assert again["per_seed"][0][method][k] == first["per_seed"][0][method][k], method
+
+
+def test_run_uses_one_thread_and_restores_the_count(monkeypatch, tmp_path):
+    """The sweep runs on one torch thread (tiny model) and puts the caller's count back, also after an error."""
+    seen = []
+
+    def fake_seed(cfg, data, seed, bar=None):
+        seen.append(torch.get_num_threads())
+        raise RuntimeError("the seed failed")
+
+    monkeypatch.setattr(cp, "run_seed", fake_seed)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        with pytest.raises(RuntimeError, match="the seed failed"):
+            cp.run(tmp_path, quick=True)
+        assert seen == [1] and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(previous)

@@ -38,13 +38,13 @@ def test_answers_are_unknowable_and_unambiguous():
     assert {f.kind for f in facts} == {"fictional", "altered"}
 
 
-def test_bad_settings_are_refused():
+def test_bad_settings_are_refused(tmp_path):
     with pytest.raises(ValueError, match="n_facts"):
         emt_data.make_facts(0, seed=1)
     with pytest.raises(ValueError, match="conditions"):
-        emt_benchmark.run("/tmp/unused", quick=True, conditions=("oracle",))
+        emt_benchmark.run(tmp_path, quick=True, conditions=("oracle",))
     with pytest.raises(ValueError, match="size"):
-        emt_benchmark.run("/tmp/unused", size="huge")
+        emt_benchmark.run(tmp_path, size="huge")
     with pytest.raises(ValueError, match="fraction"):
         emt_benchmark.evenly_spaced_layers(30, 0.0)
 
@@ -59,7 +59,13 @@ def test_quick_run_writes_a_consistent_report(tmp_path):
     from thermoai.memory import load_model
 
     model, tokenizer = load_model()
-    result = emt_benchmark.run(tmp_path, quick=True, model=model, tokenizer=tokenizer, progress=False, threads=1)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)  # run(threads=1) must put this back when it is done
+    try:
+        result = emt_benchmark.run(tmp_path, quick=True, model=model, tokenizer=tokenizer, progress=False, threads=1)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
     for suffix in ("md", "json", "png"):
         assert (tmp_path / f"emt_benchmark.{suffix}").stat().st_size > 0
     saved = json.loads((tmp_path / "emt_benchmark.json").read_text())
@@ -78,7 +84,31 @@ def test_quick_run_writes_a_consistent_report(tmp_path):
     assert result["ablations"]["layer_fraction"][0]["layers"] == emt_benchmark.evenly_spaced_layers(30, 0.5)
     report = (tmp_path / "emt_benchmark.md").read_text()
     assert "Extended Mind + retrieval augmentation" in report and "Command:" in report
-    assert torch.get_num_threads() >= 1
+
+
+def test_threads_hold_for_the_run_and_are_restored_after_it(monkeypatch, tmp_path):
+    """``threads`` sets torch's thread count for the run only (also when the run fails); ``None`` keeps it."""
+    seen = []
+
+    def fake_run(cfg, *args):
+        seen.append(torch.get_num_threads())
+        if len(seen) == 2:
+            raise RuntimeError("the run failed")
+        return {}
+
+    monkeypatch.setattr(emt_benchmark, "_run", fake_run)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        emt_benchmark.run(tmp_path, quick=True, threads=1)
+        assert seen == [1] and torch.get_num_threads() == 3
+        with pytest.raises(RuntimeError, match="the run failed"):
+            emt_benchmark.run(tmp_path, quick=True, threads=2)
+        assert seen == [1, 2] and torch.get_num_threads() == 3
+        emt_benchmark.run(tmp_path, quick=True)
+        assert seen == [1, 2, 3] and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(previous)
 
 
 def test_parallel_documents_give_the_same_records_in_document_order(tmp_path):
@@ -95,11 +125,11 @@ def test_parallel_documents_give_the_same_records_in_document_order(tmp_path):
     assert serial["accuracy"] == parallel["accuracy"]
 
 
-def test_parallel_jobs_refuse_a_preloaded_model():
+def test_parallel_jobs_refuse_a_preloaded_model(tmp_path):
     with pytest.raises(ValueError, match="jobs"):
-        emt_benchmark.run("/tmp/unused", quick=True, model=object(), tokenizer=object(), jobs=2)
+        emt_benchmark.run(tmp_path, quick=True, model=object(), tokenizer=object(), jobs=2)
     with pytest.raises(ValueError, match="jobs"):
-        emt_benchmark.run("/tmp/unused", quick=True, jobs=0)
+        emt_benchmark.run(tmp_path, quick=True, jobs=0)
 
 
 def test_paired_differences_on_known_records():
