@@ -1,0 +1,14 @@
+"""Devices that sample Bayesian posteriors by realising Langevin dynamics physically (Aifer et al.,
+"Thermodynamic Bayesian Inference", arXiv 2410.01793), simulated on a :class:`thermoai.thermo.device.Device`.
+
+* :class:`GaussianPosteriorCircuit` (:mod:`.gaussian`): Gaussian-Gaussian model and Bayesian linear
+  regression; a passive parallel-RC design and an active SPU-style design; exact posterior for reference.
+* :class:`LogisticPosteriorCircuit` (:mod:`.logistic`): Bayesian logistic regression with resistive
+  crossbars and differential-pair sigmoids.
+
+User guide: docs/circuits.md.
+"""
+
+from thermoai.thermo.circuits.gaussian import GaussianPosteriorCircuit
+
+__all__ = ["GaussianPosteriorCircuit"]
