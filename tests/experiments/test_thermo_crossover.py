@@ -6,6 +6,7 @@ import pytest
 
 from thermoai.experiments import EXPERIMENTS, thermo_crossover
 from thermoai.thermo import cost
+from thermoai.thermo.device import Device
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def test_writes_markdown_json_png(result):
 def test_numbers_match_the_cost_model(result):
     _, res = result
     row = res["series"]["solve_chip"][6]  # d = 4096
-    c = cost.compare("solve", 4096, res["kappa"], res["tol"])
+    c = cost.compare("solve", 4096, res["kappa"], res["tol"], device=Device.projected_chip(4096))
     assert row["d"] == 4096 and row["time_ratio"] == pytest.approx(c.time_ratio)
     # the reported crossover is where the ratio first stays above 1
     d_x = res["crossover_d"]["solve_chip"]["time"]
@@ -40,8 +41,18 @@ def test_numbers_match_the_cost_model(result):
     assert d_x == 64 or ratios[d_x // 2] <= 1
 
 
-def test_averaging_time_model_matches_the_simulator(result):
+def test_the_simulator_confirms_the_prediction(result):
     _, res = result
     v = res["validation"]
-    # run for the model's predicted time, the measured rms error is the requested one: 5 standard errors
-    assert abs(v["measured_rms_relative_error"] - v["statistical_target"]) < 5 * v["measured_rms_standard_error"]
+    # one model: the simulated run's device time and energy are the predicted ones
+    assert v["simulated_time_s"] == pytest.approx(v["predicted_time_s"], rel=1e-12)
+    assert v["simulated_energy_j"] == pytest.approx(v["predicted_energy_j"], rel=1e-12)
+    # run to tol, the measured rms error is the predicted one: 5 standard errors
+    assert abs(v["measured_rms_relative_error"] - v["predicted_error"]) < 5 * v["measured_rms_standard_error"]
+
+
+def test_precision_columns(result):
+    _, res = result
+    for row in res["series"]["solve_chip"]:
+        assert not row["meets_tol"] and row["programming_floor"] > res["tol"]  # 8-bit DACs cannot reach 1 %
+        assert row["dac_bits_needed"] is not None and row["dac_bits_needed"] > 8

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from thermoai.thermo import cost
-from thermoai.thermo.cost import DeviceHardware, DigitalHardware
 from thermoai.thermo.device import Device
+from thermoai.thermo.digital import DigitalHardware
 
 
 def test_digital_roofline_flops():
@@ -26,22 +26,33 @@ def test_digital_roofline_flops():
 def test_sample_covariance_limit_of_the_second_moment_time():
     # all rates equal: the sample covariance of N independent draws, relative Frobenius error^2 = (d + 1) / N
     d, tol, tau = 10, 0.1, 1e-6
-    T = cost.second_moment_averaging_time(d, 1.0, tol, tau, eigenvalues=np.ones(d))
-    assert T == pytest.approx(tau * (d + 1) / tol**2)
-    # a spread spectrum costs more, but at most (d + 1) kappa tau / tol^2
-    T100 = cost.second_moment_averaging_time(d, 100.0, tol, tau)
-    assert T < T100 <= tau * (d + 1) * 100 / tol**2
+    eps = tol * math.sqrt(3) / 2
+    est = cost.device_cost("inv", d, tol=tol, rates=np.ones(d))
+    assert est.settings["averaging_s"] == pytest.approx(tau * (d + 1) / eps**2)
+    assert est.predicted_error["statistical"] == pytest.approx(eps, rel=1e-3)
+    # a spread spectrum costs more, but at most (d + 1) kappa tau / eps^2
+    T100 = cost.device_cost("inv", d, 100.0, tol).settings["averaging_s"]
+    assert est.settings["averaging_s"] < T100 <= tau * (d + 1) * 100 / eps**2
 
 
 def test_solve_time_formula():
-    dev = DeviceHardware(time_constant_s=1e-6, snr=10.0, dac_rate_hz=1e9)
+    # chip: d DACs at 1e8 values/s; dynamics = burn-in kappa tau ln(2/tol) + averaging of the plan
+    dev = Device.projected_chip(256)
     d, kappa, tol = 256, 50.0, 0.02
     est = cost.device_cost("solve", d, kappa, tol, device=dev)
-    assert est.breakdown["burn_in"] == pytest.approx(kappa * 1e-6 * math.log(2 / tol))
+    assert est.settings["burn_in_s"] == pytest.approx(kappa * 1e-6 * math.log(2 / tol))
     eps = tol * math.sqrt(3) / 2
-    # uniform spectrum on [1/kappa, 1]: mean (lambda_max / lambda)^2 = kappa exactly (up to the grid)
-    assert est.breakdown["averaging"] == pytest.approx(2 * 1e-6 * kappa / (100.0 * eps**2), rel=0.02)
-    assert est.breakdown["programming"] == pytest.approx(d * d / (d * 1e9))
+    # generic right-hand side, uniform spectrum, no injected noise: T = d (2 s2 S + d rho^2 dt) / (eps^2 r^2 smin^2 S)
+    lam = np.linspace(1 / kappa, 1, 256)
+    S = (lam**-2).sum()
+    s2 = dev.thermal_variance
+    T = d * (2 * s2 * S + d * dev.readout_noise**2) / (eps**2 * 4.0 * lam.min() ** 2 * S)
+    assert est.settings["averaging_s"] == pytest.approx(T * 1e-6)
+    n = math.ceil(T)
+    assert est.breakdown["dynamics"] == pytest.approx(est.settings["burn_in_s"] + n * 1e-6)
+    assert est.breakdown["programming"] == pytest.approx((d * d / d + 1) * 1e-8)  # d^2 couplings, then d biases
+    assert est.energy_breakdown["dynamics"] == pytest.approx(
+        (d * 1e-3 + d * d * 1e-7) * est.breakdown["dynamics"] + n * d * 1e-11)
     assert est.time_s == pytest.approx(sum(est.breakdown.values()))
     assert est.energy_j == pytest.approx(sum(est.energy_breakdown.values()))
 
@@ -62,26 +73,32 @@ def test_compare_winner_and_ratio_are_consistent():
 
 def test_host_accumulation_makes_inverse_lose():
     # 2 d^2 flops per sample for x x^T on the host over ~(d+1) kappa / tol^2 samples exceeds d^3
-    assert cost.crossover_dimension("inv", 100.0, 0.1, accumulation="host") is None
-    est = cost.device_cost("inv", 1024, 100.0, 0.1, accumulation="host")
+    assert cost.crossover_dimension("inv", 100.0, 0.1) is None
+    est = cost.device_cost("inv", 1024, 100.0, 0.1)
     assert est.energy_breakdown["accumulation"] > cost.digital_cost("inv", 1024).energy_j
+    analog = cost.device_cost("inv", 1024, 100.0, 0.1, device=Device.projected_chip(1024, analog_accumulators=True))
+    assert analog.energy_breakdown["accumulation"] < est.energy_breakdown["accumulation"]
+    assert analog.breakdown["accumulation"] == 0.0
 
 
 def test_roundings_multiply_programming():
     one = cost.device_cost("solve", 512, 10.0, roundings=1)
     four = cost.device_cost("solve", 512, 10.0, roundings=4)
     assert four.breakdown["programming"] == pytest.approx(4 * one.breakdown["programming"])
-    assert four.breakdown["burn_in"] == pytest.approx(4 * one.breakdown["burn_in"])
+    # each rounding runs its own burn-in; the averaging time is shared among them
+    burn = one.settings["burn_in_s"]
+    n4 = math.ceil(one.settings["averaging_s"] / 4 / 1e-6 - 1e-9)
+    assert four.breakdown["dynamics"] == pytest.approx(4 * (burn + n4 * 1e-6))
 
 
-def test_from_device_maps_the_simulated_device():
-    dev = Device(n_cells=16, time_constant=2e-6, sampling_interval=4e-6, program_time_per_value=1e-6)
-    hw = DeviceHardware.from_device(dev)
-    assert hw.time_constant_s == 2e-6 and hw.sampling_interval_s == 4e-6
-    assert hw.dac_channels == 1 and hw.dac_rate_hz == pytest.approx(1e6)
-    est = cost.device_cost("solve", 16, 10.0, device=hw)
-    assert est.breakdown["programming"] == pytest.approx(16 * 16 * 1e-6)  # serial writes
-    assert DeviceHardware.from_device(dev, snr=5.0).snr == 5.0
+def test_serial_programming_of_the_pcb_prototype():
+    dev = Device.pcb_prototype(16, time_constant=2e-6, sampling_interval=4e-6)
+    est = cost.device_cost("solve", 16, 10.0, device=dev)
+    assert est.breakdown["programming"] == pytest.approx((16 * 16 + 16) * 1e-6)  # one value per microsecond
+    assert est.settings["device"]["dac_channels"] == 1
+    # the presets differ where their sources differ
+    assert Device.projected_chip(16).parallel_dac_channels == 16 and dev.parallel_dac_channels == 1
+    assert Device.projected_chip(16).signal_to_noise == pytest.approx(1000, rel=1e-3)
 
 
 @pytest.mark.parametrize(
@@ -94,13 +111,16 @@ def test_from_device_maps_the_simulated_device():
         (lambda: cost.compare("solve", 64, 10.0, tol=2.0), ValueError, "tol"),
         (lambda: cost.compare("solve", 64, "10"), TypeError, "kappa"),
         (lambda: cost.digital_cost("solve", 64, algorithm="qr"), ValueError, "algorithm"),
-        (lambda: cost.device_cost("inv", 64, 10.0, accumulation="cloud"), ValueError, "accumulation"),
+        (lambda: cost.device_cost("inv", 64, 10.0, device=Device(n_cells=8)), ValueError, "n_cells"),
+        (lambda: cost.device_cost("inv", 64, 10.0, device="chip"), TypeError, "device"),
+        (lambda: cost.device_cost("inv", 64), ValueError, "kappa"),
         (lambda: cost.device_cost("inv", 64, 10.0, roundings=0), ValueError, "roundings"),
         (lambda: cost.device_cost("inv", 4, 10.0, eigenvalues=[1.0, -1.0, 1.0, 1.0]), ValueError, "eigenvalues"),
         (lambda: DigitalHardware(flop_rate=-1.0), ValueError, "flop_rate"),
         (lambda: DigitalHardware(efficiency=2.0), ValueError, "efficiency"),
-        (lambda: DeviceHardware(time_constant_s=float("inf")), ValueError, "time_constant_s"),
-        (lambda: DeviceHardware(dac_bits=1), ValueError, "dac_bits"),
+        (lambda: Device(time_constant=float("inf")), ValueError, "time_constant"),
+        (lambda: Device(dac_channels=0), ValueError, "dac_channels"),
+        (lambda: Device(analog_accumulators=1), TypeError, "analog_accumulators"),
         (lambda: cost.crossover_dimension("solve", 10.0, metric="area"), ValueError, "metric"),
     ],
 )

@@ -25,40 +25,17 @@ the digital side at small d.
 
 Device model
 ------------
-The matrix is scaled so that its largest eigenvalue maps to the device rate ``1/tau`` (``tau`` = time
-constant); the smallest is then ``1/(kappa tau)``. Unless a spectrum is given, eigenvalues are assumed
-spread uniformly on ``[1/kappa, 1] / tau`` (for which ``mean((lambda_max/lambda)^2) = kappa`` exactly).
-The tolerance is split into a burn-in bias ``tol/2`` and a statistical error ``(sqrt(3)/2) tol`` so the
-two add (in quadrature) to ``tol``.
+The device is :class:`thermoai.thermo.device.Device` (default :meth:`Device.projected_chip`), the same
+description the simulator runs on, and the run is the :class:`~thermoai.thermo.planning.Plan` of
+:mod:`thermoai.thermo.planning`: the same formulas :mod:`thermoai.thermo.linalg` uses to choose and report a
+simulated run, so a prediction for the spectrum of a matrix equals what the simulator reports for it. Unless
+a spectrum is given, eigenvalues are assumed spread uniformly on ``[1/kappa, 1] / tau`` (a symmetric matrix
+scaled to its largest eigenvalue). ``predicted_error`` adds to the plan's errors the quantisation floor that
+the device's DAC bits and mismatch set (:func:`thermoai.thermo.planning.quantisation_floor`); ``meets_tol``
+says whether the total stays within ``tol``.
 
-* burn-in (mean): ``t_burn = ln(2/tol) / lambda_min = kappa tau ln(2/tol)``; covariance relaxes twice as
-  fast: ``t_burn = kappa tau ln(2/tol) / 2``.
-* ``solve`` (relative 2-norm error of the time-averaged mean, signal at full scale, noise such that a cell
-  relaxing at rate ``1/tau`` has stationary rms ``full_scale/snr``): the time average over ``T`` has
-  covariance ``(2/(beta T)) A^-2``, so ``err^2 = 2 tau mean((lambda_max/lambda)^2) / (snr^2 T)`` and
-  ``T_avg = 2 tau m2 / (snr^2 eps^2)``.
-* ``inv`` (relative Frobenius error of ``beta * time-averaged x x^T``; independent of the noise level)::
-
-      T_avg = [sum_kl 2 / (l_k l_l (l_k + l_l)) + sum_k 1 / l_k^3] / (eps^2 sum_k 1 / l_k^2)
-
-  (rates ``l`` in units of ``1/tau``): ``(d + 1) tau / eps^2`` when all rates equal ``1/tau`` (the sample
-  covariance of ``N`` independent draws), at most ``(d + 1) kappa tau / eps^2``.
-  ``lyapunov`` and ``expm`` (an autocovariance) use the same formula: a second-moment estimate.
-* ``logdet`` (absolute error, Jarzynski over a quasi-static quench ladder between ``A`` and
-  ``lambda_max I``, each stage relaxing for ``kappa tau``): ``Var(beta W) ~ (1/2K) sum_k (1 - l_k)^2 / l_k``, so
-  ``T = 2 kappa tau sum_k (1 - l_k)^2 / l_k / tol^2`` (unlike the other operations, the
-  statistical error is given the whole ``tol``, not ``eps``).
-
-Device energy = ``(d P_cell + d^2 P_coupling) * t_dynamics`` + DAC conversions (``d^2`` programmed values,
-times the number of randomised roundings) + ADC conversions (``d`` per sample) + the accumulation of
-``x x^T`` for second-moment operations: on the host at the digital flop rate (``accumulation="host"``,
-``2 d^2`` flops per sample) or in ``d^2`` on-chip analog multiply-integrators (``accumulation="analog"``).
-
-Default figures. Digital: NVIDIA H100 SXM vendor datasheet (FP64 tensor core 67 TFLOP/s, HBM3 3.35 TB/s,
-700 W), with a 60 % sustained efficiency and 20 us fixed overhead (assumptions, not measurements).
-Device: microsecond time constant as in the SPU's RLC cells and the thermox matrix-exponential examples
-(research note thermo.md, sections 1.6 and 2.3); the other device figures (snr, DAC/ADC rates and energies,
-power per cell) are stated assumptions: the reference papers' hardware tables were not available.
+Default digital figures: :class:`thermoai.thermo.digital.DigitalHardware` (NVIDIA H100 SXM datasheet); device
+figures: the presets of :class:`~thermoai.thermo.device.Device`, each with its source.
 """
 
 from __future__ import annotations
@@ -69,8 +46,12 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
+from thermoai.thermo import planning
+from thermoai.thermo.device import Device
+from thermoai.thermo.digital import DigitalHardware, check_number
+from thermoai.thermo.planning import OPERATIONS, Spectrum, quantisation_floor
+
 Operation = Literal["solve", "inv", "logdet", "expm", "lyapunov"]
-OPERATIONS: tuple[str, ...] = ("solve", "inv", "logdet", "expm", "lyapunov")
 
 # digital flops as (cubic coefficient, quadratic coefficient) of d
 _DIGITAL_FLOPS: dict[tuple[str, str], tuple[float, float]] = {
@@ -88,114 +69,11 @@ _DEFAULT_DIGITAL_ALGORITHM = {"solve": "cholesky", "inv": "cholesky", "logdet": 
 
 
 @dataclass(frozen=True)
-class DigitalHardware:
-    """A digital processor for the roofline model. Units: FLOP/s, bytes/s, watts, seconds, bytes."""
-
-    name: str = "NVIDIA H100 SXM, FP64 (datasheet)"
-    flop_rate: float = 67e12
-    memory_bandwidth: float = 3.35e12
-    power_w: float = 700.0
-    efficiency: float = 0.6
-    overhead_s: float = 20e-6
-    bytes_per_element: int = 8
-
-    def __post_init__(self) -> None:
-        for name in ("flop_rate", "memory_bandwidth", "power_w", "efficiency", "bytes_per_element"):
-            _check_positive(getattr(self, name), f"DigitalHardware.{name}")
-        _check_positive(self.overhead_s, "DigitalHardware.overhead_s", strictly=False)
-        if self.efficiency > 1:
-            raise ValueError(f"DigitalHardware.efficiency must be in (0, 1]; got {self.efficiency}")
-
-    def time_s(self, flops: float, n_bytes: float = 0.0) -> float:
-        """Roofline time of a kernel doing ``flops`` and moving ``n_bytes``."""
-        return self.overhead_s + max(flops / (self.flop_rate * self.efficiency), n_bytes / self.memory_bandwidth)
-
-
-@dataclass(frozen=True)
-class DeviceHardware:
-    """A thermodynamic (analog Ornstein-Uhlenbeck) device for the cost model. SI units throughout.
-
-    ``snr`` is the full-scale signal over the stationary rms noise of one cell relaxing at ``1/tau``.
-    ``dac_bits`` (None: ideal) quantises programmed values per matrix: step ``max|G| / (2^(bits-1) - 1)``.
-    ``mismatch`` is the relative rms of a static gain error on each programmed element (drawn once per
-    device from ``mismatch_seed``).
-    ``dac_channels``/``adc_channels`` = ``None`` means one converter per cell (``d`` of them).
-    """
-
-    name: str = "analog OU device (microsecond cells; assumed figures)"
-    time_constant_s: float = 1e-6
-    snr: float = 1e3
-    sampling_interval_s: float = 1e-6
-    dac_bits: int | None = 8
-    adc_bits: int | None = 12
-    mismatch: float = 0.0
-    mismatch_seed: int = 0
-    dac_rate_hz: float = 1e8
-    adc_rate_hz: float = 1e8
-    dac_energy_j: float = 1e-12
-    adc_energy_j: float = 1e-11
-    dac_channels: int | None = None
-    adc_channels: int | None = None
-    power_per_cell_w: float = 1e-3
-    power_per_coupling_w: float = 1e-7
-    power_per_accumulator_w: float = 1e-6
-
-    def __post_init__(self) -> None:
-        for name in ("time_constant_s", "snr", "sampling_interval_s", "dac_rate_hz", "adc_rate_hz"):
-            _check_positive(getattr(self, name), f"DeviceHardware.{name}")
-        for name in ("dac_bits", "adc_bits"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 2):
-                raise ValueError(f"DeviceHardware.{name} must be None (ideal) or an int >= 2; got {value!r}")
-        for name in ("dac_energy_j", "adc_energy_j", "power_per_cell_w", "power_per_coupling_w",
-                     "power_per_accumulator_w", "mismatch"):
-            _check_positive(getattr(self, name), f"DeviceHardware.{name}", strictly=False)
-        for name in ("dac_channels", "adc_channels"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"DeviceHardware.{name} must be None or a positive int; got {value!r}")
-
-    @classmethod
-    def from_device(cls, device: Any, **overrides: Any) -> "DeviceHardware":
-        """The cost-model view of a simulated :class:`thermoai.thermo.device.Device` (then ``overrides``).
-
-        Mapping: time constant, sampling interval, converter bits, mismatch and power per cell carry over;
-        programming is serial (one DAC channel writing one value per ``program_time_per_value``, at
-        ``program_energy_per_value``); one ADC per cell converts once per sampling interval at
-        ``adc_energy_per_conversion``; the device has no coupling or accumulator power terms. The noise
-        that limits ``solve`` combines the kT/C floor and the white readout noise as an equivalent OU
-        noise: ``snr = 1 / sqrt(thermal_variance + readout_noise^2 dt / (2 tau))`` (full scale = 1 state
-        unit; white noise of variance ``rho^2`` per sample contributes ``rho^2 dt`` to the long-run
-        variance, an OU cell of variance ``s^2`` at rate ``1/tau`` contributes ``2 s^2 tau``).
-        """
-        tau = float(device.time_constant)
-        dt = float(device.sampling_interval)
-        noise2 = float(device.thermal_variance) + float(device.readout_noise) ** 2 * dt / (2 * tau)
-        values = dict(
-            name=f"simulated Device ({device.n_cells} cells, serial programming)",
-            time_constant_s=tau,
-            snr=1.0 / math.sqrt(noise2) if noise2 > 0 else 1e12,
-            sampling_interval_s=dt,
-            dac_bits=device.dac_bits,
-            adc_bits=device.adc_bits,
-            mismatch=float(device.mismatch),
-            dac_rate_hz=1.0 / device.program_time_per_value if device.program_time_per_value > 0 else 1e18,
-            dac_channels=1,
-            adc_rate_hz=1.0 / dt,
-            dac_energy_j=float(device.program_energy_per_value),
-            adc_energy_j=float(device.adc_energy_per_conversion),
-            power_per_cell_w=float(device.power_per_cell),
-            power_per_coupling_w=0.0,
-            power_per_accumulator_w=0.0,
-        )
-        values.update(overrides)
-        return cls(**values)
-
-
-@dataclass(frozen=True)
 class CostEstimate:
-    """Predicted cost of one operation. ``breakdown`` maps each part (programming, burn_in, averaging,
-    readout, accumulation, or compute) to its time in seconds; ``energy_breakdown`` likewise in joules."""
+    """Predicted cost of one operation. ``breakdown`` maps each part (``programming``, ``dynamics``: the cells
+    running and read, ``accumulation``; or ``compute`` for digital) to its time in seconds;
+    ``energy_breakdown`` likewise in joules. ``predicted_error`` (device only): the plan's statistical and
+    burn-in errors and the programming floor; ``meets_tol``: whether they stay within ``tol``."""
 
     op: str
     d: int
@@ -206,6 +84,8 @@ class CostEstimate:
     energy_j: float
     breakdown: dict[str, float] = field(default_factory=dict)
     energy_breakdown: dict[str, float] = field(default_factory=dict)
+    predicted_error: dict[str, float] = field(default_factory=dict)
+    meets_tol: bool = True
     settings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -243,70 +123,39 @@ class Comparison:
 # ----------------------------------------------------------------------------------------------------- checks
 
 
-def _check_positive(value: Any, name: str, strictly: bool = True) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{name} must be a number; got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0 or (strictly and value == 0):
-        bound = "positive" if strictly else "non-negative"
-        raise ValueError(f"{name} must be finite and {bound}; got {value}")
-
-
-def _check_problem(op: str, d: int, kappa: float, tol: float) -> None:
+def _check_problem(op: str, d: int, kappa: float | None, tol: float) -> None:
     if op not in OPERATIONS:
         raise ValueError(f"op must be one of {OPERATIONS}; got {op!r}")
     if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
         raise ValueError(f"d must be a positive int; got {d!r}")
-    _check_positive(kappa, "kappa")
-    if kappa < 1:
-        raise ValueError(f"kappa must be >= 1 (a condition number); got {kappa}")
-    _check_positive(tol, "tol")
+    if kappa is not None:
+        check_number(kappa, "kappa")
+        if kappa < 1:
+            raise ValueError(f"kappa must be >= 1 (a condition number); got {kappa}")
+    check_number(tol, "tol")
     if op != "logdet" and tol >= 1:
         raise ValueError(f"tol is a relative error for {op} and must be in (0, 1); got {tol}")
 
 
-# ------------------------------------------------------------------------------------------- spectral sums
-
-
-def _spectrum(d: int, kappa: float, eigenvalues: Sequence[float] | np.ndarray | None) -> tuple[np.ndarray, float]:
-    """Rates in units of 1/tau (largest = 1) and the weight that turns grid sums into sums over d modes.
-
-    Without ``eigenvalues``, a 2048-point midpoint grid of the uniform density on [1/kappa, 1] stands in
-    for the d eigenvalues (sums are scaled by d / grid size), so the cost stays O(1) in d."""
-    if eigenvalues is not None:
+def spectrum(d: int, kappa: float | None = None, eigenvalues: Sequence[float] | None = None,
+             rates: Sequence[float] | None = None) -> Spectrum:
+    """The spectrum a prediction assumes: ``rates`` (the simulator's scaled drift, in 1/tau) if given, else
+    ``eigenvalues`` scaled so the largest is 1/tau, else d rates uniform on ``[1/kappa, 1]``."""
+    if rates is not None:
+        spec = Spectrum.given(rates)
+    elif eigenvalues is not None:
         lam = np.asarray(eigenvalues, dtype=np.float64).ravel()
         if lam.size != d or not np.all(np.isfinite(lam)) or np.any(lam <= 0):
             raise ValueError(f"eigenvalues must be {d} finite positive numbers; got {lam.size} values "
                              f"with min {lam.min() if lam.size else 'n/a'}")
-        return lam / lam.max(), 1.0
-    m = 2048
-    lam = 1.0 / kappa + (np.arange(m) + 0.5) * (1.0 - 1.0 / kappa) / m  # midpoint rule
-    return lam, d / m
-
-
-def solve_averaging_time(d: int, kappa: float, tol: float, tau: float, snr: float,
-                         eigenvalues: Sequence[float] | None = None) -> float:
-    """``T_avg = 2 tau mean((lambda_max/lambda)^2) / (snr^2 tol^2)`` seconds (relative error ``tol``)."""
-    lam, _ = _spectrum(d, kappa, eigenvalues)
-    return 2.0 * tau * float(np.mean(lam**-2.0)) / (snr**2 * tol**2)
-
-
-def second_moment_averaging_time(d: int, kappa: float, tol: float, tau: float,
-                                 eigenvalues: Sequence[float] | None = None) -> float:
-    """Averaging time (s) for a relative Frobenius error ``tol`` of a time-averaged ``x x^T`` (see module
-    docstring). O(m^2) in the grid size m <= 2048."""
-    lam, w = _spectrum(d, kappa, eigenvalues)
-    inv = 1.0 / lam
-    cross = float(np.sum(2.0 * np.outer(inv, inv) / (lam[:, None] + lam[None, :]))) * w * w
-    diag = float(np.sum(inv**3)) * w
-    norm = float(np.sum(inv**2)) * w
-    return tau * (cross + diag) / (tol**2 * norm)
-
-
-def logdet_protocol_time(d: int, kappa: float, tol: float, tau: float,
-                         eigenvalues: Sequence[float] | None = None) -> float:
-    """Jarzynski ladder time (s) for an absolute log-determinant error ``tol`` (see module docstring)."""
-    lam, w = _spectrum(d, kappa, eigenvalues)
-    return 2.0 * kappa * tau * float(np.sum((1.0 - lam) ** 2 / lam)) * w / tol**2
+        spec = Spectrum.given(lam / lam.max())
+    elif kappa is None:
+        raise ValueError("give kappa (for a uniform spectrum), eigenvalues or rates")
+    else:
+        return Spectrum.uniform(d, float(kappa))
+    if spec.d != d:
+        raise ValueError(f"rates must hold d = {d} values; got {spec.d}")
+    return spec
 
 
 # -------------------------------------------------------------------------------------------------- models
@@ -331,85 +180,55 @@ def digital_cost(op: Operation, d: int, kappa: float = 1.0, tol: float = 1e-2,
                         settings={"algorithm": algorithm, "flops": flops, "bytes": n_bytes, "hardware": asdict(hw)})
 
 
-def device_cost(op: Operation, d: int, kappa: float, tol: float = 1e-2, device: DeviceHardware | None = None,
-                host: DigitalHardware | None = None, accumulation: Literal["host", "analog"] = "host",
-                roundings: int = 1, eigenvalues: Sequence[float] | None = None) -> CostEstimate:
-    """Predicted device time and energy of one operation.
-
-    ``roundings`` randomised roundings of the programmed matrix multiply the programming cost (the total
-    averaging time is shared among them, so dynamics time does not grow). ``accumulation`` says where the
-    second moments ``x x^T`` of ``inv``/``expm``/``lyapunov`` are summed (see module docstring).
+def device_cost(op: Operation, d: int, kappa: float | None = None, tol: float = 1e-2, device: Device | None = None,
+                host: DigitalHardware | None = None, roundings: int = 1, eigenvalues: Sequence[float] | None = None,
+                rates: Sequence[float] | None = None, **protocol: Any) -> CostEstimate:
+    """Predicted device time and energy of one operation: the :class:`~thermoai.thermo.planning.Plan` for
+    ``device`` (default :meth:`Device.projected_chip` with ``n_cells = d``), tolerance and spectrum
+    (:func:`spectrum`). ``roundings`` randomised roundings multiply the programming and burn-in (the total
+    averaging time is shared among them). ``protocol`` goes to the plan (``runs``, ``rhs``, ``diffusion``,
+    ``stages``, ...). Where second moments are summed is the device's ``analog_accumulators``.
     """
     _check_problem(op, d, kappa, tol)
-    dev = device or DeviceHardware()
-    hw = host or DigitalHardware()
-    if accumulation not in ("host", "analog"):
-        raise ValueError(f"accumulation must be 'host' or 'analog'; got {accumulation!r}")
     if isinstance(roundings, bool) or not isinstance(roundings, int) or roundings < 1:
         raise ValueError(f"roundings must be a positive int; got {roundings!r}")
-    tau = dev.time_constant_s
-    eps_stat = tol * math.sqrt(3.0) / 2.0
-    second_moment = op in ("inv", "expm", "lyapunov")
-
-    if op == "solve":
-        t_burn = kappa * tau * math.log(2.0 / tol)
-        t_avg = solve_averaging_time(d, kappa, eps_stat, tau, dev.snr, eigenvalues)
-    elif second_moment:
-        t_burn = 0.5 * kappa * tau * math.log(2.0 / tol)
-        t_avg = second_moment_averaging_time(d, kappa, eps_stat, tau, eigenvalues)
-    else:  # logdet: equilibrate at the reference, then the quench ladder
-        t_burn = 0.5 * kappa * tau * math.log(2.0 / tol)
-        t_avg = logdet_protocol_time(d, kappa, tol, tau, eigenvalues)
-    n_samples = max(1, math.ceil(t_avg / dev.sampling_interval_s))
-    # logdet needs the quadratic form x^T dA x per stage; counted like one x x^T update per sample
-    breakdown, energy = run_cost(dev, d, n_programmed=roundings * d * d, burn_in_s=roundings * t_burn,
-                                 averaging_s=t_avg, n_samples=n_samples,
-                                 second_moment=second_moment or op == "logdet", accumulation=accumulation, host=hw)
-    return CostEstimate(op=op, d=d, kappa=float(kappa), tol=float(tol), platform=dev.name,
-                        time_s=sum(breakdown.values()), energy_j=sum(energy.values()), breakdown=breakdown,
-                        energy_breakdown=energy,
-                        settings={"accumulation": accumulation, "roundings": roundings, "samples": n_samples,
-                                  "spectrum": "given" if eigenvalues is not None else "uniform on [1/kappa, 1]",
-                                  "device": asdict(dev)})
-
-
-def run_cost(device: DeviceHardware, d: int, n_programmed: int, burn_in_s: float, averaging_s: float,
-             n_samples: int, second_moment: bool, accumulation: str = "host",
-             host: DigitalHardware | None = None) -> tuple[dict[str, float], dict[str, float]]:
-    """Time (s) and energy (J) breakdowns of one device run: programming ``n_programmed`` values through
-    the DACs, ``burn_in_s + averaging_s`` of dynamics, ``n_samples`` readouts of ``d`` cells, and (for
-    second moments) accumulating ``x x^T`` on the host or in on-chip integrators. (The simulator,
-    :mod:`thermoai.thermo.linalg`, charges through :meth:`thermoai.thermo.device.Device.operating_cost`.)"""
-    hw = host or DigitalHardware()
-    dac_channels = device.dac_channels or d
-    adc_channels = device.adc_channels or d
-    t_program = n_programmed / (dac_channels * device.dac_rate_hz)
-    n_adc = n_samples * d
-    t_readout = n_adc / (adc_channels * device.adc_rate_hz)  # readout overlaps the dynamics unless slower
-    t_avg = max(averaging_s, t_readout)
-    t_dyn = burn_in_s + t_avg
-    t_accum, e_accum = 0.0, 0.0
-    if second_moment:
-        if accumulation == "host":
-            t_flops = 2.0 * d * d * n_samples / (hw.flop_rate * hw.efficiency)
-            t_accum = max(0.0, t_flops - t_dyn)  # overlaps with the dynamics
-            e_accum = hw.power_w * t_flops
-        else:
-            e_accum = d * d * device.power_per_accumulator_w * t_dyn
-    static_w = d * device.power_per_cell_w + d * d * device.power_per_coupling_w
-    breakdown = {"programming": t_program, "burn_in": burn_in_s, "averaging": t_avg, "accumulation": t_accum}
-    energy = {"programming": n_programmed * device.dac_energy_j, "dynamics": static_w * t_dyn,
-              "readout": n_adc * device.adc_energy_j, "accumulation": e_accum}
-    return breakdown, energy
+    dev = Device.projected_chip(n_cells=d) if device is None else device
+    if not isinstance(dev, Device):
+        raise TypeError(f"device must be a thermoai.thermo.device.Device; got {type(dev).__name__}")
+    if dev.n_cells < d:
+        raise ValueError(f"device has n_cells = {dev.n_cells} < d = {d}; use dataclasses.replace(device, n_cells={d})")
+    spec = spectrum(d, kappa, eigenvalues, rates)
+    if op != "logdet":
+        protocol["roundings"] = roundings
+    if op in ("inv", "lyapunov", "expm", "logdet"):
+        protocol["host"] = host
+    plan = planning.plan(op, dev, spec, tol, **protocol)
+    errors = dict(plan.predicted_error)
+    if op in ("solve", "inv", "logdet"):
+        errors["quantisation"] = quantisation_floor(dev, spec, roundings=roundings)
+    total_error = math.sqrt(sum(e * e for e in errors.values()))
+    return CostEstimate(op=op, d=d, kappa=spec.kappa, tol=float(tol), platform=_device_name(dev),
+                        time_s=plan.cost.time, energy_j=plan.cost.energy,
+                        breakdown={k: c.time for k, c in plan.breakdown.items()},
+                        energy_breakdown={k: c.energy for k, c in plan.breakdown.items()},
+                        predicted_error=errors, meets_tol=total_error <= tol * (1 + 1e-9),
+                        settings={"roundings": roundings, "samples": plan.n_samples, "burn_in_s": plan.burn_in_s,
+                                  "averaging_s": plan.averaging_s, "spectrum": spec.description,
+                                  "plan": plan.settings, "device": asdict(dev)})
 
 
-def compare(op: Operation, d: int, kappa: float, tol: float = 1e-2, device: DeviceHardware | None = None,
-            digital: DigitalHardware | None = None, accumulation: Literal["host", "analog"] = "host",
-            algorithm: str | None = None, roundings: int = 1) -> Comparison:
+def _device_name(dev: Device) -> str:
+    return (f"thermodynamic device ({dev.n_cells} cells, tau = {dev.time_constant:g} s, "
+            f"{dev.parallel_dac_channels} DAC channel(s), {'analog' if dev.analog_accumulators else 'host'} "
+            "accumulation)")
+
+
+def compare(op: Operation, d: int, kappa: float, tol: float = 1e-2, device: Device | None = None,
+            digital: DigitalHardware | None = None, algorithm: str | None = None, roundings: int = 1) -> Comparison:
     """Which wins, by how much: ``compare("solve", 4096, 100)`` -> :class:`Comparison` (ratios are
-    digital / device; above 1 the device is faster or uses less energy)."""
-    dev_cost = device_cost(op, d, kappa, tol, device=device, host=digital, accumulation=accumulation,
-                           roundings=roundings)
+    digital / device; above 1 the device is faster or uses less energy). ``digital`` is both the rival and
+    the device's host."""
+    dev_cost = device_cost(op, d, kappa, tol, device=device, host=digital, roundings=roundings)
     dig_cost = digital_cost(op, d, kappa, tol, hardware=digital, algorithm=algorithm)
     time_ratio = dig_cost.time_s / dev_cost.time_s
     energy_ratio = dig_cost.energy_j / dev_cost.energy_j
@@ -441,6 +260,5 @@ def lasting_win(dims: Sequence[int], ratios: Sequence[float]) -> int | None:
     return dims[i]
 
 
-__all__ = ["OPERATIONS", "DigitalHardware", "DeviceHardware", "CostEstimate", "Comparison", "digital_cost",
-           "device_cost", "run_cost", "compare", "crossover_dimension", "lasting_win", "solve_averaging_time",
-           "second_moment_averaging_time", "logdet_protocol_time"]
+__all__ = ["OPERATIONS", "Device", "DigitalHardware", "CostEstimate", "Comparison", "digital_cost", "device_cost",
+           "compare", "crossover_dimension", "lasting_win", "spectrum"]

@@ -27,8 +27,12 @@ Non-idealities, each with an error model that the tests check:
 
 Every operation returns ``(result, Cost)``: the device time in seconds and the energy in joules
 (:meth:`Device.stream`, which hands its snapshots to a callback, returns the Cost alone). The dynamics
-(:meth:`Device.process`) and the cost model of a run (:meth:`Device.operating_cost`) are defined here
-only; :mod:`thermoai.thermo.linalg` runs through them.
+(:meth:`Device.process`) and the cost primitives (:meth:`Device.program_cost`, :meth:`Device.operating_cost`,
+:meth:`Device.accumulation_cost`) are defined here only. This is the one description of the hardware:
+:mod:`thermoai.thermo.linalg` simulates runs on it and :mod:`thermoai.thermo.cost` predicts runs on it,
+both through the run plans of :mod:`thermoai.thermo.planning`.
+
+Presets (:meth:`Device.pcb_prototype`, :meth:`Device.projected_chip`) name the hardware the reports use.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from thermoai.thermo.digital import DigitalHardware
 from thermoai.thermo.ou import OUProcess
 
 __all__ = ["Cost", "Device", "quantise", "BOLTZMANN"]
@@ -141,11 +146,26 @@ class Device:
         sampling_interval (s): time between ADC snapshots, 1e-6 (1 MS/s).
         power_per_cell (W): static power of a cell (op-amps, noise source), 1e-3 for discrete PCB
             electronics (argued; an integrated design would be orders of magnitude lower).
-        program_time_per_value (s): time to write one coupling or bias, 1e-6 (serial DAC/SPI write).
+        program_time_per_value (s): time for one DAC channel to write one coupling or bias, 1e-6 (a
+            serial DAC/SPI write).
         program_energy_per_value (J): energy to write one value, 1e-10 (argued: ~100 pJ per DAC write).
+        dac_channels: DAC channels writing in parallel; 1 (serial programming, a PCB prototype); None
+            means one per cell (``n_cells``), as an integrated chip would have.
         adc_energy_per_conversion (J): 1e-10, a 12-bit 1 MS/s ADC at a Walden figure of merit of
             ~25 fJ per conversion step (25e-15 * 2^12).
+        power_per_coupling (W): static power of each programmed coupling while the cells run; 0 on the
+            PCB (passive resistors/digital potentiometers; their draw is in ``power_per_cell``).
+        analog_accumulators: whether second moments ``x x^T`` are integrated on the chip (d^2 analog
+            multiply-integrators) instead of summed from the readouts on the digital host; False.
+        power_per_accumulator (W): static power of one analog multiply-integrator, 1e-6 (assumed).
         seed: fixes the chip's mismatch pattern (another seed is another chip).
+
+    Cost formulas (the only ones in thermoai, used by the simulator and the predictor alike):
+    programming ``n`` values takes ``ceil(n / channels) program_time_per_value`` and
+    ``n program_energy_per_value``; a run keeping ``d`` cells on for ``t`` seconds costs
+    ``(d power_per_cell + d^2 power_per_coupling) t`` plus ``adc_energy_per_conversion`` per conversion;
+    accumulating second moments costs ``2 d^2`` host flops per snapshot (or ``d^2 power_per_accumulator t``
+    on the chip), see :meth:`accumulation_cost`.
     """
 
     n_cells: int = 8
@@ -163,16 +183,26 @@ class Device:
     power_per_cell: float = 1e-3
     program_time_per_value: float = 1e-6
     program_energy_per_value: float = 1e-10
+    dac_channels: int | None = 1
     adc_energy_per_conversion: float = 1e-10
+    power_per_coupling: float = 0.0
+    analog_accumulators: bool = False
+    power_per_accumulator: float = 1e-6
     seed: int = 0
 
     def __post_init__(self):
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name in ("n_cells", "dac_bits", "adc_bits", "seed"):
+            if f.name == "analog_accumulators":
+                if not isinstance(v, bool):
+                    raise TypeError(f"Device.analog_accumulators must be True or False; got {v!r}")
+                continue
+            if f.name == "dac_channels" and v is None:
+                continue
+            if f.name in ("n_cells", "dac_bits", "adc_bits", "seed", "dac_channels"):
                 if isinstance(v, bool) or not isinstance(v, int):
                     raise TypeError(f"Device.{f.name} must be an integer; got {type(v).__name__}")
-                low = {"n_cells": 1, "dac_bits": 2, "adc_bits": 2, "seed": -(2**63)}[f.name]
+                low = {"n_cells": 1, "dac_bits": 2, "adc_bits": 2, "seed": -(2**63), "dac_channels": 1}[f.name]
                 if v < low:
                     raise ValueError(f"Device.{f.name} must be >= {low}; got {v}")
                 continue
@@ -184,7 +214,54 @@ class Device:
             if f.name in strictly and v == 0:
                 raise ValueError(f"Device.{f.name} must be positive; got {v}")
 
+    # --- presets ------------------------------------------------------------------------------------
+
+    @classmethod
+    def pcb_prototype(cls, n_cells: int = 8, **overrides: Any) -> "Device":
+        """Today's discrete-component prototype: the field defaults (an SPU-like board of Melanson et al.,
+        Nat. Commun. 16, 3757, 2025, with the figures argued in the class docstring): 1 us cells, 8-bit
+        DACs written serially at 1 us and 100 pJ per value, 12-bit 1 MS/s ADCs, 1 % mismatch, 1 mW per cell."""
+        return cls(n_cells=n_cells, **overrides)
+
+    @classmethod
+    def projected_chip(cls, n_cells: int = 4096, **overrides: Any) -> "Device":
+        """The projected integrated chip of the crossover report (docs/results/thermo_crossover.md); every
+        figure is an assumption stated there, none a measurement:
+
+        * time constant and sampling interval 1 us: the SPU's RLC cells (research note thermo.md §1.6, §2.3);
+        * one 100 MS/s DAC per cell (``program_time_per_value = 1e-8``, ``dac_channels = None``) at 1 pJ per
+          write; 12-bit ADCs at 10 pJ per conversion; 8-bit DACs; no mismatch (set ``mismatch`` to study
+          it);
+        * readout noise ``sqrt(2) 1e-3`` state units: together with the kT/C floor, a long-run noise equal to
+          that of a cell with stationary rms 1e-3 of full scale relaxing at ``1/tau`` (signal-to-noise 1000,
+          see :attr:`signal_to_noise`);
+        * 1 mW per cell, 0.1 uW per coupling, 1 uW per analog accumulator (used when
+          ``analog_accumulators=True``).
+        """
+        values: dict[str, Any] = dict(n_cells=n_cells, time_constant=1e-6, sampling_interval=1e-6,
+                                      program_time_per_value=1e-8, program_energy_per_value=1e-12, dac_channels=None,
+                                      adc_energy_per_conversion=1e-11, readout_noise=math.sqrt(2) * 1e-3,
+                                      mismatch=0.0, power_per_cell=1e-3, power_per_coupling=1e-7,
+                                      power_per_accumulator=1e-6)
+        values.update(overrides)
+        return cls(**values)
+
     # --- derived quantities -------------------------------------------------------------------------
+
+    @property
+    def signal_to_noise(self) -> float:
+        """Full scale (one state unit) over the rms of the equivalent cell noise that limits a time average:
+        the kT/C floor plus white readout noise, ``1 / sqrt(sigma_th^2 + readout_noise^2 dt / (2 tau))``
+        (white noise of variance ``rho^2`` per snapshot contributes ``rho^2 dt`` to the long-run variance, an
+        OU cell of variance ``s^2`` relaxing at ``1/tau`` contributes ``2 s^2 tau``). Injected noise (a
+        sampler's diffusion) comes on top."""
+        noise2 = self.thermal_variance + self.readout_noise**2 * self.sampling_interval / (2 * self.time_constant)
+        return 1.0 / math.sqrt(noise2) if noise2 > 0 else math.inf
+
+    @property
+    def parallel_dac_channels(self) -> int:
+        """DAC channels writing at once (``dac_channels``, or ``n_cells`` when that is None)."""
+        return self.n_cells if self.dac_channels is None else self.dac_channels
 
     @property
     def thermal_variance(self) -> float:
@@ -240,8 +317,13 @@ class Device:
             q = q * (1 + self.mismatch * eps)
         if symmetric:
             q = torch.triu(q) + torch.triu(q, 1).mT
-        n = x.numel()
-        return q, Cost(n * self.program_time_per_value, n * self.program_energy_per_value)
+        return q, self.program_cost(x.numel())
+
+    def program_cost(self, n_values: int) -> Cost:
+        """Writing ``n_values`` couplings or biases: ``ceil(n / channels)`` rounds of
+        ``program_time_per_value`` (channels: :attr:`parallel_dac_channels`), ``n program_energy_per_value``."""
+        rounds = -(-int(n_values) // self.parallel_dac_channels)
+        return Cost(rounds * self.program_time_per_value, n_values * self.program_energy_per_value)
 
     def read(self, x, generator: torch.Generator | None = None) -> tuple[Tensor, Cost]:
         """Read states (..., d) through the ADC: readout noise, clipping to +-adc_range, quantisation.
@@ -305,12 +387,30 @@ class Device:
         return OUProcess(A, D_eff, b)
 
     def operating_cost(self, n_runs: int, d: int, seconds: float, conversions: int) -> Cost:
-        """Cost of ``n_runs`` runs made one after another, each keeping ``d`` cells on for ``seconds``, with
-        ``conversions`` ADC conversions in all: time ``n_runs seconds``, energy ``n_runs d power_per_cell
-        seconds + conversions adc_energy_per_conversion``. The cost model of :meth:`run` and :meth:`stream`;
-        protocols that drive the cells otherwise (e.g. a quench ladder) charge through it too."""
-        energy = n_runs * d * self.power_per_cell * seconds + conversions * self.adc_energy_per_conversion
+        """Cost of ``n_runs`` runs made one after another, each keeping ``d`` cells (and their ``d^2``
+        couplings) on for ``seconds``, with ``conversions`` ADC conversions in all: time ``n_runs seconds``,
+        energy ``n_runs (d power_per_cell + d^2 power_per_coupling) seconds + conversions
+        adc_energy_per_conversion``. The cost model of :meth:`run` and :meth:`stream`; protocols that drive
+        the cells otherwise (e.g. a quench ladder) charge through it too."""
+        static_w = d * self.power_per_cell + d * d * self.power_per_coupling
+        energy = n_runs * static_w * seconds + conversions * self.adc_energy_per_conversion
         return Cost(n_runs * seconds, energy)
+
+    def accumulation_cost(self, d: int, n_snapshots: int, seconds: float,
+                          host: DigitalHardware | None = None) -> Cost:
+        """Cost of forming second moments ``sum_k x_k x_k^T`` over ``n_snapshots`` snapshots of ``d`` cells
+        taken during ``seconds`` of dynamics.
+
+        With :attr:`analog_accumulators`, ``d^2`` on-chip integrators run alongside the cells: no extra time,
+        energy ``d^2 power_per_accumulator seconds``. Otherwise the digital ``host`` (a
+        :class:`thermoai.thermo.digital.DigitalHardware`, default the H100 figures) adds ``2 d^2`` flops per
+        snapshot while the dynamics run: time only where it is slower than them,
+        ``max(0, t_flops - seconds)``, energy ``host.power_w t_flops``."""
+        if self.analog_accumulators:
+            return Cost(0.0, d * d * self.power_per_accumulator * seconds)
+        host = DigitalHardware() if host is None else host
+        t_flops = 2.0 * d * d * n_snapshots / (host.flop_rate * host.efficiency)
+        return Cost(max(0.0, t_flops - seconds), host.power_w * t_flops)
 
     def stream(
         self,

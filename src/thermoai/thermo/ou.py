@@ -37,7 +37,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["OUProcess", "euler_maruyama", "exponential_integrator"]
+__all__ = ["OUProcess", "euler_maruyama", "exponential_integrator", "as_real_tensor", "check_finite"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
 # Transition matrices kept per process (bytes); enough for a few thousand distinct steps at d = 20.
@@ -51,7 +51,9 @@ _CHUNK_BYTES = 64 * 2**20
 # ----------------------------------------------------------------------------------------------------
 
 
-def _as_tensor(x, name: str, dtype: torch.dtype | None = None, device=None) -> Tensor:
+def as_real_tensor(x, name: str, dtype: torch.dtype | None = None, device=None) -> Tensor:
+    """``x`` as a real tensor (Python floats keep double precision), cast to ``dtype``/``device`` if given;
+    TypeError naming ``name`` for non-numeric, complex or boolean input. Shared by thermo's input checks."""
     if isinstance(x, Tensor):
         t = x
     else:
@@ -69,7 +71,8 @@ def _as_tensor(x, name: str, dtype: torch.dtype | None = None, device=None) -> T
     return t
 
 
-def _check_finite(t: Tensor, name: str) -> None:
+def check_finite(t: Tensor, name: str) -> None:
+    """ValueError naming ``name`` (and whether NaN or Inf) unless every entry of ``t`` is finite."""
     if not bool(torch.isfinite(t.detach()).all()):
         bad = "NaN" if bool(torch.isnan(t.detach()).any()) else "Inf"
         raise ValueError(f"{name} must have finite entries; got {bad}")
@@ -90,11 +93,11 @@ def _resolve_dtype(A) -> torch.dtype:
 
 def _check_times(times, device, name: str = "times") -> Tensor:
     """A 1-D strictly increasing float64 tensor of at least one time."""
-    t = _as_tensor(times, name)
+    t = as_real_tensor(times, name)
     if t.dim() != 1 or t.numel() < 1:
         raise ValueError(f"{name} must be a 1-D tensor of at least one time; got shape {tuple(t.shape)}")
     t = t.detach().to(dtype=torch.float64, device=device)
-    _check_finite(t, name)
+    check_finite(t, name)
     if t.numel() > 1:
         dt = t[1:] - t[:-1]
         if not bool((dt > 0).all()):
@@ -330,13 +333,13 @@ class OUProcess:
 
     def __init__(self, A, D, b=None):
         dtype = _resolve_dtype(A)
-        A = _as_tensor(A, "A", dtype=dtype)
+        A = as_real_tensor(A, "A", dtype=dtype)
         device = A.device
         if A.dim() != 2 or A.shape[0] != A.shape[1] or A.shape[0] == 0:
             raise ValueError(f"A must be a square (d, d) matrix with d >= 1; got shape {tuple(A.shape)}")
         d = A.shape[0]
-        _check_finite(A, "A")
-        D = _as_tensor(D, "D", dtype=dtype, device=device)
+        check_finite(A, "A")
+        D = as_real_tensor(D, "D", dtype=dtype, device=device)
         if D.dim() == 0:
             D = D * torch.eye(d, dtype=dtype, device=device)
         elif D.dim() == 1:
@@ -345,13 +348,13 @@ class OUProcess:
             D = torch.diag(D)
         if D.shape != (d, d):
             raise ValueError(f"D must have shape ({d}, {d}) to match A; got {tuple(D.shape)}")
-        _check_finite(D, "D")
+        check_finite(D, "D")
         if b is None:
             b = torch.zeros(d, dtype=dtype, device=device)
-        b = _as_tensor(b, "b", dtype=dtype, device=device)
+        b = as_real_tensor(b, "b", dtype=dtype, device=device)
         if b.shape != (d,):
             raise ValueError(f"b must have shape ({d},) to match A; got {tuple(b.shape)}")
-        _check_finite(b, "b")
+        check_finite(b, "b")
 
         A64 = A.to(torch.float64)
         D64 = D.to(torch.float64)
@@ -462,10 +465,10 @@ class OUProcess:
         return out
 
     def _times_tensor(self, t) -> tuple[Tensor, bool]:
-        tt = _as_tensor(t, "t").to(dtype=torch.float64, device=self.device)
+        tt = as_real_tensor(t, "t").to(dtype=torch.float64, device=self.device)
         if tt.dim() > 1:
             raise ValueError(f"t must be a scalar or a 1-D tensor of times; got shape {tuple(tt.shape)}")
-        _check_finite(tt, "t")
+        check_finite(tt, "t")
         if bool((tt < 0).any()):
             raise ValueError(f"t must be non-negative; got min {float(tt.min())}")
         return tt.reshape(-1), tt.dim() == 0
@@ -510,12 +513,12 @@ class OUProcess:
     # --- sampling ---------------------------------------------------------------------------------
 
     def _check_state(self, x, name: str) -> Tensor:
-        x = _as_tensor(x, name, device=self.device)
+        x = as_real_tensor(x, name, device=self.device)
         if not x.is_floating_point():
             x = x.to(self.dtype)
         if x.dim() == 0 or x.shape[-1] != self.dim:
             raise ValueError(f"{name} must have last dimension d = {self.dim}; got shape {tuple(x.shape)}")
-        _check_finite(x, name)
+        check_finite(x, name)
         return x
 
     def sample_stationary(self, n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -755,14 +758,14 @@ def _check_count(n, name: str) -> int:
 
 
 def _diffusion_factor(D, d: int, dtype, device) -> Tensor:
-    D = _as_tensor(D, "D", dtype=dtype, device=device)
+    D = as_real_tensor(D, "D", dtype=dtype, device=device)
     if D.dim() == 0:
         D = D * torch.eye(d, dtype=dtype, device=device)
     elif D.dim() == 1:
         D = torch.diag(D)
     if D.shape != (d, d):
         raise ValueError(f"D must have shape ({d}, {d}); got {tuple(D.shape)}")
-    _check_finite(D, "D")
+    check_finite(D, "D")
     D64 = D.detach().to(torch.float64)
     eps = torch.finfo(dtype).eps
     scale = float(D64.abs().max())
@@ -775,10 +778,10 @@ def _diffusion_factor(D, d: int, dtype, device) -> Tensor:
 
 
 def _prepare_start(x0, n, dtype, device) -> Tensor:
-    x0 = _as_tensor(x0, "x0", device=device)
+    x0 = as_real_tensor(x0, "x0", device=device)
     if not x0.is_floating_point():
         x0 = x0.to(dtype)
-    _check_finite(x0, "x0")
+    check_finite(x0, "x0")
     if x0.dim() == 1:
         n = 1 if n is None else _check_count(n, "n")
         return x0.expand(n, x0.shape[0]).clone()
