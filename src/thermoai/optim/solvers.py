@@ -69,7 +69,10 @@ scaling and noise level follow :mod:`thermoai.thermo.linalg`'s documented protoc
 ``tol`` split into burn-in and statistics, unit cell variance), and device time and energy come from the
 device's own :meth:`~thermoai.thermo.device.Device.program` and
 :meth:`~thermoai.thermo.device.Device.operating_cost`. ``tests/optim/test_solvers.py`` holds the error
-model to the simulator's error distribution on small factors.
+model to the simulator's error distribution on small factors. Its limits: it ignores ADC clipping
+(``linalg`` warns when the cells' noise would reach ``adc_range``; clipping lowers the simulated spread) and
+it assumes the ADC rounding is dithered by the fluctuations (true unless noise and readout noise are both
+far below one ADC step).
 """
 
 from __future__ import annotations
@@ -480,6 +483,13 @@ class Thermodynamic(Solver):
         else:
             At = self._damp_input(A64, damping.a)
         Gt = self._damp_input(G64, damping.g)
+        for which, M in (("A", At), ("G", Gt)):
+            if M.dim() == 2 and int(torch.linalg.cholesky_ex(M)[1]) != 0:
+                why = (f" (input_bits={self.input_bits} without the guard can make it indefinite)"
+                       if self.input_bits is not None and not self.guard else "")
+                raise ValueError(f"KFAC: the damped factor {which} of layer '{layer}' sent to the device is not "
+                                 f"positive definite{why}; a device cannot relax to it. Raise the damping"
+                                 + (", or use guard=True" if why else ""))
         if self.method == 1:
             inv_a = At if A.dim() == 1 else self._inv(At, usage)
             inv_g = self._inv(Gt, usage)
