@@ -164,6 +164,17 @@ def runs_count(runs: int | None) -> int:
     return 1 if runs is None else runs
 
 
+def prepare(op: str, d: int, device: Device | None, runs: int | None, *, tol: float, roundings: int, rounding: str,
+            burn_in_s: Any, averaging_s: Any) -> tuple[int, Device]:
+    """The checks every moment-based operation shares (run settings, repetitions, the device and its noise);
+    returns ``(runs, device)``."""
+    check_common(tol, roundings, rounding, burn_in_s, averaging_s)
+    n = runs_count(runs)
+    device = device_for(device, d)
+    check_noise(device, op)
+    return n, device
+
+
 def gershgorin_scaled(A64: Tensor) -> tuple[float, Tensor]:
     """``(scale, G = A / scale)`` with ``scale`` the largest absolute row sum of ``A`` (a Gershgorin bound):
     every rate of ``G`` is at most 1 (one over the time constant) and every entry fits the DAC."""

@@ -35,10 +35,8 @@ def expm(A: Any, t: float = 1.0, *, shift: float | None = None, tol: float = 0.1
     d = A64.shape[0]
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
         raise ValueError(f"t must be a finite number; got {t!r}")
-    P.check_common(tol, roundings, rounding, burn_in_s, averaging_s)
-    n = P.runs_count(runs)
-    device = P.device_for(device, d)
-    P.check_noise(device, "expm")
+    n, device = P.prepare("expm", d, device, runs, tol=tol, roundings=roundings, rounding=rounding,
+                          burn_in_s=burn_in_s, averaging_s=averaging_s)
     Bm = -t * A64
     mu = float(torch.linalg.eigvalsh(0.5 * (Bm + Bm.mT)).min())
     if shift is None:

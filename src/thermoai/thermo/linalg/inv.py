@@ -71,11 +71,9 @@ def inv(A: Any, *, tol: float = 5e-2, burn_in_s: float | None = None, averaging_
     """
     A64 = P.matrix(A, "A")
     d = A64.shape[0]
-    P.check_common(tol, roundings, rounding, burn_in_s, averaging_s)
-    n = P.runs_count(runs)
-    device = P.device_for(device, d)
+    n, device = P.prepare("inv", d, device, runs, tol=tol, roundings=roundings, rounding=rounding,
+                          burn_in_s=burn_in_s, averaging_s=averaging_s)
     P.check_spd(A64, "A")
-    P.check_noise(device, "inv")
     scale, G = P.gershgorin_scaled(A64)
     spec = Spectrum.of_matrix(G)
     plan = plan_inv(device, spec, tol, runs=n, roundings=roundings, burn_in_s=burn_in_s, averaging_s=averaging_s)

@@ -37,10 +37,8 @@ def lyapunov(A: Any, C: Any, *, tol: float = 5e-2, burn_in_s: float | None = Non
     if float(w.min()) < -1e-12 * max(float(w.abs().max()), 1e-300) or float(w.abs().max()) == 0:
         raise ValueError(f"C must be positive semi-definite and non-zero; got eigenvalues in "
                          f"[{float(w.min()):.3g}, {float(w.max()):.3g}]")
-    P.check_common(tol, roundings, rounding, burn_in_s, averaging_s)
-    n = P.runs_count(runs)
-    device = P.device_for(device, d)
-    P.check_noise(device, "lyapunov")
+    n, device = P.prepare("lyapunov", d, device, runs, tol=tol, roundings=roundings, rounding=rounding,
+                          burn_in_s=burn_in_s, averaging_s=averaging_s)
     P.min_real_eig(A64, "A")
     scale, G = P.gershgorin_scaled(A64)
     c_max = float(C64.abs().max())
