@@ -10,5 +10,6 @@ User guide: docs/circuits.md.
 """
 
 from thermoai.thermo.circuits.gaussian import GaussianPosteriorCircuit
+from thermoai.thermo.circuits.logistic import LogisticPosteriorCircuit
 
-__all__ = ["GaussianPosteriorCircuit"]
+__all__ = ["GaussianPosteriorCircuit", "LogisticPosteriorCircuit"]

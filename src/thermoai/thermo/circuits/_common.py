@@ -154,7 +154,7 @@ def passive_realisation(M: Tensor, rtol: float = 1e-12) -> dict[str, Any]:
 
 
 def program_array(device: Device, values: Tensor, array: str, rounding: str = "nearest",
-                  generator: torch.Generator | None = None) -> tuple[Tensor, Cost]:
+                  generator: torch.Generator | None = None, n_cells: int | None = None) -> tuple[Tensor, Cost]:
     """Program ``values`` into a physical array of the chip named ``array``, through :meth:`Device.program`.
 
     ``Device.program`` draws its mismatch pattern from ``device.seed`` alone, so two matrices of the same
@@ -162,13 +162,14 @@ def program_array(device: Device, values: Tensor, array: str, rounding: str = "n
     which cancel in ``C^-1 G``. Distinct components have independent errors: every array other than
     ``"couplings"`` is programmed on a copy of the device whose seed is derived from ``(seed, array)``
     (stable across runs) and whose ``n_cells`` covers the array (a crossbar may have more rows than the chip
-    has cells). Quantisation and mismatch model are the device's own; the cost is
-    ``device.program_cost(values.numel())``.
+    has cells; pass ``n_cells`` to fix the array's size when blocks of different sizes are written into it, so
+    that the same positions keep the same errors). Quantisation and mismatch model are the device's own; the
+    cost is ``device.program_cost(values.numel())``.
     """
-    if array == "couplings" and all(s <= device.n_cells for s in values.shape):
+    if array == "couplings" and n_cells is None and all(s <= device.n_cells for s in values.shape):
         return device.program(values, generator=generator, rounding=rounding)
     seed = (device.seed * 1_000_003 + zlib.crc32(array.encode())) % (2**62)
-    n_cells = max(device.n_cells, *values.shape)
+    n_cells = max(device.n_cells, *values.shape) if n_cells is None else max(n_cells, *values.shape)
     twin = dataclasses.replace(device, seed=seed, n_cells=n_cells)
     programmed, _ = twin.program(values, generator=generator, rounding=rounding)
     return programmed, _program_cost(device, values.numel())
