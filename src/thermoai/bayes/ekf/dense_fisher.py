@@ -9,7 +9,13 @@ with the per-sample gradients ``G`` (``B x d``) of the log likelihood at ``mu``:
 
 posteriors 0.1.3 subtracts the Fisher term, so its variance grows with data (and the factorisation fails
 for larger ``lr``); here the precision can only grow. Both inverses go through Cholesky factorisations
-(``O(d^3)`` per step).
+(``O(d^3)`` per step). The arithmetic is shared with :mod:`~thermoai.bayes.ekf.dense_ggn`
+(:mod:`thermoai.bayes.ekf._common`).
+
+On a linear-Gaussian model this is *not* the Kalman filter: the empirical Fisher of sample ``i`` is
+``x_i x_i^T r_i^2 / s^4`` (``r_i`` the residual at the current mean), not ``x_i x_i^T / s^2``; early
+residuals, inflated while the mean is still at the prior, over-state the information and the mean then
+moves too little. Use :mod:`~thermoai.bayes.ekf.dense_ggn` for the exact Kalman filter.
 """
 
 from __future__ import annotations
@@ -21,11 +27,11 @@ from torch import Tensor
 
 from thermoai import tree as T
 from thermoai.bayes._common import (
-    as_dense_psd, check_finite, check_per_sample_flag, detached_copy, flat_rows, scalar_like, transform, under_transform,
-    zero_step,
+    as_dense_psd, check_finite, check_per_sample_flag, detached_copy, flat_rows, scalar_like, transform, zero_step,
 )
+from thermoai.bayes.ekf import _common as E
 from thermoai.bayes.log_prob import per_sample_grads
-from thermoai.types import LogProbFn, Schedule, TensorTree, Transform, check_non_negative, check_scalar_value, resolve_schedule
+from thermoai.types import LogProbFn, Schedule, TensorTree, Transform, check_non_negative
 
 __all__ = ["build", "EKFDenseState", "init", "update", "sample"]
 
@@ -49,10 +55,7 @@ def build(
             definite matrix.
     """
     check_non_negative(lr, "lr")
-    if isinstance(init_cov, (int, float)):
-        check_non_negative(init_cov, "init_cov", strictly=True)
-    if isinstance(transition_cov, (int, float)):
-        check_non_negative(transition_cov, "transition_cov")
+    E.check_dense_hyper(init_cov, transition_cov)
     check_per_sample_flag(per_sample)
 
     return transform(
@@ -105,37 +108,13 @@ def update(
     inplace: bool = False,
 ) -> tuple[EKFDenseState, Tensor]:
     """One predict-update step; returns ``(state, per-sample log likelihood values (B,))``."""
-    step_lr = resolve_schedule(lr, state.step, "lr")
-    check_scalar_value(step_lr, "lr")
-    mean, unravel = T.ravel(state.params)
-    d = mean.numel()
-    if isinstance(transition_cov, (int, float)):
-        # c I: add c to the diagonal instead of building and adding a (d, d) matrix every step
-        check_non_negative(transition_cov, "transition_cov")
-        cov_pred = state.cov
-        if transition_cov:
-            cov_pred = state.cov.clone()
-            cov_pred.diagonal().add_(float(transition_cov))
-    else:
-        cov_pred = state.cov + as_dense_psd(transition_cov, d, state.cov, "transition_cov")
+    step_lr = E.resolve_lr(lr, state.step)
     values, grads = per_sample_grads(log_likelihood, state.params, batch, per_sample_fn=per_sample, name="log_likelihood")
     B = values.shape[0]
     G = flat_rows(grads, B).to(state.cov.dtype)
     check_finite([G], "the per-sample gradients of log_likelihood have NaN or Inf entries; state left unchanged")
-
-    prec_pred = _spd_inverse(cov_pred, "the predicted covariance (cov + transition_cov)")
-    prec_new = prec_pred + step_lr * (G.mT @ G) / B
-    cov_new = _spd_inverse(prec_new, "the updated precision")
-    delta = step_lr * (cov_new @ G.mean(0))
-    ll = values.mean().detach().to(state.log_likelihood.dtype)
-    if inplace:
-        with torch.no_grad():
-            T.tree_insert_(state.params, unravel(mean + delta.to(mean.dtype)))
-            state.cov.copy_(cov_new)
-            state.log_likelihood.copy_(ll)
-            state.step.add_(1)
-        return state, values
-    return EKFDenseState(unravel(mean + delta.to(mean.dtype)), cov_new, ll, state.step + 1), values
+    new = E.dense_step(state, G.mT @ G / B, G.mean(0), values.mean(), step_lr, transition_cov, inplace)
+    return new, values
 
 
 def sample(
@@ -149,12 +128,3 @@ def sample(
         raise ValueError("cov is not positive definite; cannot sample")
     eps = torch.randn((*sample_shape, mean.numel()), dtype=state.cov.dtype, device=state.cov.device, generator=generator)
     return unravel(mean + (eps @ L.mT).to(mean.dtype))
-
-
-def _spd_inverse(m: Tensor, what: str) -> Tensor:
-    """Inverse of a symmetric positive-definite matrix via Cholesky; clear error otherwise."""
-    L, info = torch.linalg.cholesky_ex(0.5 * (m + m.mT))
-    if not under_transform(info) and int(info) != 0:
-        raise ValueError(f"{what} is not positive definite; state left unchanged")
-    inv = torch.cholesky_inverse(L)
-    return 0.5 * (inv + inv.mT)

@@ -10,7 +10,9 @@ log likelihood at ``mu`` and ``lr`` (the likelihood's inverse temperature / step
 
 Processing a data set of N points once with batches of size B and ``lr = B`` adds the data set's summed
 empirical Fisher to the prior precision ``1 / init_sds^2``; for a linear-Gaussian model this tends to the
-exact posterior (the empirical Fisher's mean is the true Fisher).
+exact posterior (the empirical Fisher's mean is the true Fisher). For the exact Kalman filter on a
+linear-Gaussian model (a diagonal one when the posterior is diagonal) use
+:mod:`~thermoai.bayes.ekf.diag_ggn`, which shares this arithmetic (:mod:`thermoai.bayes.ekf._common`).
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from torch import Tensor
 
 from thermoai import tree as T
 from thermoai.bayes._common import (
-    check_finite, check_per_sample_flag, copy_like, detached_copy, sample_diag_normal, scalar_like, transform, zero_step,
+    check_finite, check_per_sample_flag, detached_copy, sample_diag_normal, scalar_like, transform, zero_step,
 )
+from thermoai.bayes.ekf import _common as E
 from thermoai.bayes.log_prob import per_sample_grads
-from thermoai.types import LogProbFn, Schedule, TensorTree, Transform, check_non_negative, check_scalar_value, resolve_schedule
+from thermoai.types import LogProbFn, Schedule, TensorTree, Transform, check_non_negative
 
 __all__ = ["build", "EKFDiagState", "init", "update", "sample"]
 
@@ -47,8 +50,8 @@ def build(
         init_sds: prior sd (``> 0``; number or tree).
     """
     check_non_negative(lr, "lr")
-    _check_positive_or_tree(transition_sd, "transition_sd", strictly=False)
-    _check_positive_or_tree(init_sds, "init_sds", strictly=True)
+    E.check_positive_or_tree(transition_sd, "transition_sd", strictly=False)
+    E.check_positive_or_tree(init_sds, "init_sds", strictly=True)
     check_per_sample_flag(per_sample)
 
     return transform(
@@ -75,12 +78,12 @@ class EKFDiagState(NamedTuple):
 
 def init(params: TensorTree, init_sds: float | TensorTree = 1.0) -> EKFDiagState:
     """Fresh state at mean ``params`` (copied) with sds ``init_sds``; dtype/device follow params."""
-    _check_positive_or_tree(init_sds, "init_sds", strictly=True)
+    E.check_positive_or_tree(init_sds, "init_sds", strictly=True)
     ref = T.check_floating_leaves(params)[0]
     mean = detached_copy(params)
     return EKFDiagState(
         params=mean,
-        sd_diag=_like(mean, init_sds, "init_sds"),
+        sd_diag=E.like(mean, init_sds, "init_sds"),
         log_likelihood=scalar_like(ref, float("nan")),
         step=zero_step(ref),
     )
@@ -96,35 +99,14 @@ def update(
     inplace: bool = False,
 ) -> tuple[EKFDiagState, Tensor]:
     """One predict-update step; returns ``(state, per-sample log likelihood values (B,))``."""
-    step_lr = resolve_schedule(lr, state.step, "lr")
-    check_scalar_value(step_lr, "lr")
-    _check_positive_or_tree(transition_sd, "transition_sd", strictly=False)
+    step_lr = E.resolve_lr(lr, state.step)
+    E.check_positive_or_tree(transition_sd, "transition_sd", strictly=False)
     values, grads = per_sample_grads(log_likelihood, state.params, batch, per_sample_fn=per_sample, name="log_likelihood")
     g = T.leaves(grads)
-    mean_g = [x.mean(0) for x in g]
     fisher = [(x * x).mean(0) for x in g]
     check_finite(fisher, "the per-sample gradients of log_likelihood have NaN or Inf entries; state left unchanged")
-
-    sd = T.leaves(state.sd_diag)
-    if _is_scalar(transition_sd):
-        var_pred = [s * s + float(transition_sd) ** 2 for s in sd]
-    else:
-        tsd = T.leaves(_like(state.params, transition_sd, "transition_sd"))
-        var_pred = [s * s + t * t for s, t in zip(sd, tsd)]
-    var_new = [1.0 / (1.0 / v + step_lr * f) for v, f in zip(var_pred, fisher)]
-    delta = [step_lr * v * m for v, m in zip(var_new, mean_g)]
-    ll = values.mean().detach()
-    if inplace:
-        with torch.no_grad():
-            torch._foreach_add_(T.leaves(state.params), delta)
-            torch._foreach_copy_(sd, torch._foreach_sqrt(var_new))
-            state.log_likelihood.copy_(ll)
-            state.step.add_(1)
-        return state, values
-    spec = T.structure(state.params)
-    new_mean = T.unflatten(spec, [m + dm for m, dm in zip(T.leaves(state.params), delta)])
-    new_sd = T.unflatten(T.structure(state.sd_diag), [torch.sqrt(v) for v in var_new])
-    return EKFDiagState(new_mean, new_sd, ll.to(state.log_likelihood.dtype), state.step + 1), values
+    new = E.diag_step(state, fisher, [x.mean(0) for x in g], values.mean(), step_lr, transition_sd, inplace)
+    return new, values
 
 
 def sample(
@@ -132,26 +114,3 @@ def sample(
 ) -> TensorTree:
     """Draws ``mu + sigma * eps``; leaves of shape ``sample_shape + leaf.shape``."""
     return sample_diag_normal(state.params, state.sd_diag, sample_shape, generator)
-
-
-def _is_scalar(value: Any) -> bool:
-    return isinstance(value, (int, float)) or (isinstance(value, Tensor) and value.numel() == 1)
-
-
-def _like(params: TensorTree, value: float | TensorTree, name: str) -> TensorTree:
-    """``value`` (a number or a tree like ``params``) as a tree of tensors like ``params``."""
-    if _is_scalar(value):
-        return T.tree_map(lambda x: torch.full_like(x, float(value)), params)
-    return copy_like(params, value, name)
-
-
-def _check_positive_or_tree(value: Any, name: str, strictly: bool) -> None:
-    if _is_scalar(value):
-        check_non_negative(value, name, strictly=strictly)
-        return
-    for leaf in T.leaves(value):
-        if not isinstance(leaf, Tensor):
-            raise TypeError(f"{name} must be a number or a tree of tensors; found {type(leaf).__name__}")
-        bad = (leaf <= 0) if strictly else (leaf < 0)
-        if not bool(torch.isfinite(leaf).all()) or bool(bad.any()):
-            raise ValueError(f"{name} must be finite and {'positive' if strictly else 'non-negative'} everywhere")

@@ -1,15 +1,15 @@
-"""Pieces shared by the Laplace approximations: precision initialisation and output Hessians.
+"""Pieces shared by the Laplace approximations: precision initialisation.
 
-Helpers also used by other families (checks, per-sample Jacobians) are in :mod:`thermoai.bayes._common`.
+Helpers also used by other families are in :mod:`thermoai.bayes._common`; the GGN curvature (shared with
+the EKFs) in :mod:`thermoai.bayes.curvature`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
-from torch.func import grad, jvp, vmap
 
 from thermoai import tree as T
 from thermoai.bayes._common import as_dense_psd
@@ -47,37 +47,3 @@ def dense_init(flat: Tensor, init_prec: Any, prior_precision: Any) -> Tensor:
     for value, name in ((init_prec, "init_prec"), (prior_precision, "prior_precision")):
         out = out + as_dense_psd(value, d, flat, name)
     return out
-
-
-def output_hessian_blocks(
-    outer_log_likelihood: Callable[[Tensor, Any], Tensor], z: Tensor, batch: Any
-) -> Tensor:
-    """Per-sample blocks ``H_i = -d^2 outer / dz_i^2`` of the output Hessian, shape ``(B, C, C)``.
-
-    ``z`` has shape ``(B, *out)`` with ``C = prod(out)``. The outer log likelihood is assumed to have no
-    cross-sample terms (a sum or mean of per-sample terms: the batch Hessian is block diagonal), so ``C``
-    Hessian-vector products with the one-hot tangent ``e_c`` in every sample give all blocks at once: the
-    full ``(BC) x (BC)`` matrix is never formed.
-    """
-    B = z.shape[0]
-    C = z[0].numel()
-
-    def neg_outer(zz: Tensor) -> Tensor:
-        value = outer_log_likelihood(zz, batch)
-        if isinstance(value, tuple):
-            raise TypeError("outer_log_likelihood must return a scalar tensor (no aux)")
-        if not isinstance(value, Tensor) or value.numel() != 1:
-            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-            raise ValueError(f"outer_log_likelihood must return a scalar (summed over the batch); got {shape}")
-        return -value.reshape(())
-
-    g = grad(neg_outer)
-    eye = torch.eye(C, dtype=z.dtype, device=z.device)
-    tangents = eye[:, None, :].expand(C, B, C).reshape(C, *z.shape)
-
-    def hvp(v: Tensor) -> Tensor:
-        return jvp(g, (z,), (v,))[1]
-
-    with torch.no_grad():
-        cols = vmap(hvp)(tangents)  # (C, B, *out): column c of every block
-    return cols.reshape(C, B, C).permute(1, 2, 0).contiguous()

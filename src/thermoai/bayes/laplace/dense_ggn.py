@@ -14,11 +14,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import torch
 from torch import Tensor
 
-from thermoai.bayes._common import flat_rows, per_sample_jacobians, transform
-from thermoai.bayes.laplace._common import output_hessian_blocks
+from thermoai.bayes import curvature
+from thermoai.bayes._common import transform
 from thermoai.bayes.laplace.dense_fisher import DenseLaplaceState, accumulate, init, sample
 from thermoai.types import ForwardFn, TensorTree, Transform
 
@@ -64,11 +63,7 @@ def dense_ggn(
     params: TensorTree,
     batch: Any,
 ) -> tuple[Tensor, Any]:
-    """``sum_i J_i^T H_i J_i`` as a ``(d, d)`` matrix and the ``aux`` of ``forward``."""
-    z, aux, jac = per_sample_jacobians(forward, params, batch)  # jac leaves (B, C, *shape)
-    with torch.no_grad():
-        B = z.shape[0]
-        H = output_hessian_blocks(outer_log_likelihood, z, batch)  # (B, C, C)
-        C = H.shape[-1]
-        J = flat_rows(jac, B * C).reshape(B, C, -1)
-        return torch.einsum("bcd,bce,bef->df", J, H.to(J.dtype), J), aux
+    """``sum_i J_i^T H_i J_i`` as a ``(d, d)`` matrix and the ``aux`` of ``forward``
+    (:func:`thermoai.bayes.curvature.dense`, shared with :mod:`thermoai.bayes.ekf.dense_ggn`)."""
+    out = curvature.dense(forward, outer_log_likelihood, params, batch)
+    return out.ggn, out.aux

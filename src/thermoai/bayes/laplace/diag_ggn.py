@@ -23,13 +23,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import torch
 from torch import Tensor
-from torch.func import vjp, vmap
 
 from thermoai import tree as T
-from thermoai.bayes._common import check_finite, forward_outputs, single, transform
-from thermoai.bayes.laplace._common import output_hessian_blocks
+from thermoai.bayes import curvature
+from thermoai.bayes._common import check_finite, transform
 from thermoai.bayes.laplace.diag_fisher import DiagLaplaceState, _accumulate, init, sample
 from thermoai.types import ForwardFn, TensorTree, Transform
 
@@ -78,24 +76,7 @@ def diag_ggn(
     params: TensorTree,
     batch: Any,
 ) -> tuple[TensorTree, Any]:
-    """``diag(sum_i J_i^T H_i J_i)`` as a tree like ``params`` and the ``aux`` of ``forward``."""
-    with torch.no_grad():
-        z, aux = forward_outputs(forward, params, batch)
-        H = output_hessian_blocks(outer_log_likelihood, z, batch)  # (B, C, C)
-        lam, U = torch.linalg.eigh(H)  # ascending eigenvalues, orthonormal columns
-        C = H.shape[-1]
-
-        def one(sample: Any, lam_i: Tensor, U_i: Tensor) -> TensorTree:
-            def f(p: TensorTree) -> Tensor:
-                return forward(p, single(sample))[0].reshape(-1)
-
-            _, pullback = vjp(f, params)
-            acc: list[Tensor] | None = None
-            for k in range(C):
-                (gk,) = pullback(U_i[:, k])
-                terms = [lam_i[k] * (x * x) for x in T.leaves(gk)]
-                acc = terms if acc is None else [a + t for a, t in zip(acc, terms)]
-            return T.unflatten(T.structure(params), acc)
-
-        per = vmap(one)(batch, lam, U)
-    return T.tree_map(lambda x: x.sum(0), per), aux
+    """``diag(sum_i J_i^T H_i J_i)`` as a tree like ``params`` and the ``aux`` of ``forward``
+    (:func:`thermoai.bayes.curvature.diag`, shared with :mod:`thermoai.bayes.ekf.diag_ggn`)."""
+    out = curvature.diag(forward, outer_log_likelihood, params, batch, with_grad=False)
+    return out.ggn, out.aux
