@@ -5,6 +5,9 @@ r"""Sample collection and convergence diagnostics for SGMCMC chains.
 * :func:`effective_sample_size`: multi-chain ESS with Geyer's initial monotone sequence (Stan's
   estimator, Vehtari et al. 2021, without rank normalisation).
 * :func:`split_rhat`: split-:math:`\hat R` (Gelman et al., BDA3 §11.4).
+* :func:`rhat`, :func:`ess_bulk`, :func:`ess_tail`, :func:`ess_mean`, :func:`ess_quantile`,
+  :func:`mcse_mean`, :func:`mcse_sd`, :func:`mcse_quantile`: the rank-normalised diagnostics of Vehtari
+  et al. (2021) that Stan and ArviZ report, equal to ArviZ's numbers on the same draws.
 * :func:`gaussian_kl` / :func:`sample_gaussian_kl`: KL divergence between Gaussians, and between the
   Gaussian with the samples' mean and covariance and a target.
 
@@ -19,6 +22,7 @@ import itertools
 import math
 from typing import Any, Callable, Iterable
 
+import numpy as np
 import torch
 from torch import Tensor
 from tqdm import tqdm
@@ -199,6 +203,230 @@ def split_rhat(samples: TensorTree) -> TensorTree:
         return torch.sqrt(var_plus / within).reshape(x.shape[2:]).to(x.dtype)
 
     return T.tree_map(one, samples)
+
+
+# ------------------------------------------------------------ rank-normalised R-hat, bulk/tail ESS, MCSE
+# Vehtari, Gelman, Simpson, Carpenter & Buerkner (2021), "Rank-normalization, folding, and localization: an
+# improved R-hat for assessing convergence of MCMC", Bayesian Analysis 16(2). The arithmetic follows ArviZ
+# (0.23, ``arviz.stats.diagnostics``) step for step, so the numbers agree to rounding
+# (tests/bayes/data/arviz_reference.json); it runs in float64 numpy, vectorised over the elements.
+
+
+def _chains_np(x: Tensor, name: str, min_chains: int = 1) -> tuple[np.ndarray, tuple[int, ...]]:
+    flat = _as_chains(x, name)
+    if flat.shape[0] < min_chains:
+        raise ValueError(f"{name} needs at least {min_chains} chains; got {flat.shape[0]} (shape (chains, draws, ...))")
+    return flat.cpu().numpy(), tuple(x.shape[2:])
+
+
+def _split_np(x: np.ndarray) -> np.ndarray:
+    """``(m, n, e)`` -> ``(2m, n // 2, e)``: first halves then second halves (the middle draw of an odd
+    length dropped)."""
+    half = x.shape[1] // 2
+    return np.concatenate([x[:, :half], x[:, x.shape[1] - half :]], axis=0)
+
+
+def _z_scale_np(x: np.ndarray) -> np.ndarray:
+    """Rank normalisation: average ranks over all draws of each element, Blom's offset ``(r - 3/8) /
+    (S + 1/4)``, then the standard-normal quantile."""
+    import scipy.special
+    import scipy.stats
+
+    m, n, e = x.shape
+    ranks = scipy.stats.rankdata(x.reshape(m * n, e), method="average", axis=0)
+    return scipy.special.ndtri((ranks - 0.375) / (m * n + 0.25)).reshape(m, n, e)
+
+
+def _autocov_np(x: np.ndarray) -> np.ndarray:
+    """Biased autocovariance of every chain along the draws axis (FFT), ``(m, n, e)``."""
+    import scipy.fft
+
+    n = x.shape[1]
+    size = scipy.fft.next_fast_len(2 * n)
+    centred = x - x.mean(axis=1, keepdims=True)
+    f = np.fft.rfft(centred, n=size, axis=1)
+    f *= np.conjugate(f)
+    return np.fft.irfft(f, n=size, axis=1)[:, :n] / n
+
+
+def _ess_np(x: np.ndarray) -> np.ndarray:
+    """ESS of each element of ``(m, n, e)`` chains: Geyer's initial positive then monotone sequence on the
+    multi-chain autocorrelation (Stan/ArviZ ``_ess``), ``tau >= 1 / log10(m n)``."""
+    m, n, e = x.shape
+    out = np.empty(e)
+    constant = (x.max(axis=(0, 1)) - x.min(axis=(0, 1))) < np.finfo(float).resolution
+    acov = _autocov_np(x)
+    mean_acov = acov.mean(axis=0)  # (n, e)
+    mean_var = mean_acov[0] * n / (n - 1.0)
+    var_plus = mean_var * (n - 1.0) / n
+    if m > 1:
+        var_plus = var_plus + x.mean(axis=1).var(axis=0, ddof=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho_of = lambda t: 1.0 - (mean_var - mean_acov[t]) / var_plus  # noqa: E731
+        rho = np.zeros((n, e))
+        rho[0] = 1.0
+        even, odd = np.ones(e), rho_of(1)
+        rho[1] = odd
+        t_end = np.ones(e, dtype=np.int64)  # each element's t when its positive sequence stops
+        active = np.ones(e, dtype=bool)
+        t = 1
+        while t < n - 3:
+            active &= (even + odd) > 0.0
+            if not active.any():
+                break
+            new_even, new_odd = rho_of(t + 1), rho_of(t + 2)
+            even, odd = np.where(active, new_even, even), np.where(active, new_odd, odd)
+            keep = active & ((new_even + new_odd) >= 0)
+            rho[t + 1] = np.where(keep, new_even, 0.0)
+            rho[t + 2] = np.where(keep, new_odd, 0.0)
+            t_end = np.where(active, t + 2, t_end)
+            t += 2
+        max_t = t_end - 2
+        cols = np.arange(e)
+        rho[max_t + 1, cols] = np.where(even > 0, even, rho[max_t + 1, cols])
+        t = 1
+        while t <= max_t.max() - 2:  # initial monotone sequence, pair by pair
+            on = t <= max_t - 2
+            prev, nxt = rho[t - 1] + rho[t], rho[t + 1] + rho[t + 2]
+            lower = on & (nxt > prev)
+            rho[t + 1] = np.where(lower, prev / 2.0, rho[t + 1])
+            rho[t + 2] = np.where(lower, prev / 2.0, rho[t + 2])
+            t += 2
+        csum = np.concatenate([np.zeros((1, e)), np.cumsum(rho, axis=0)], axis=0)
+        tau = -1.0 + 2.0 * csum[max_t + 1, cols] + rho[max_t + 1, cols]
+        tau = np.maximum(tau, 1.0 / np.log10(m * n))
+        ess = m * n / tau
+    ess[np.isnan(rho).any(axis=0)] = np.nan
+    out[:] = ess
+    out[constant] = m * n
+    return out
+
+
+def _rhat_np(x: np.ndarray) -> np.ndarray:
+    """Classic R-hat of ``(m, n, e)``: ``sqrt((B / W + n - 1) / n)`` with ``B = n var(chain means)``."""
+    n = x.shape[1]
+    between = n * x.mean(axis=1).var(axis=0, ddof=1)
+    within = x.var(axis=1, ddof=1).mean(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.sqrt((between / within + n - 1) / n)
+
+
+def _quantile_np(x: np.ndarray, prob: float) -> np.ndarray:
+    """Type-7 (linear) quantile over all draws of each element."""
+    m, n, e = x.shape
+    return np.quantile(x.reshape(m * n, e), prob, axis=0)
+
+
+def _ess_quantile_np(x: np.ndarray, prob: float) -> np.ndarray:
+    return _ess_np(_split_np((x <= _quantile_np(x, prob)).astype(float)))
+
+
+def _check_prob(prob: float, name: str) -> float:
+    if not isinstance(prob, (int, float)) or not 0.0 < prob < 1.0:
+        raise ValueError(f"{name} must be a number in (0, 1); got {prob!r}")
+    return float(prob)
+
+
+def _per_leaf(samples: TensorTree, name: str, fn: Callable[[np.ndarray], np.ndarray], min_chains: int = 1) -> TensorTree:
+    def one(x: Tensor) -> Tensor:
+        arr, event = _chains_np(x, name, min_chains)
+        return torch.as_tensor(fn(arr), dtype=torch.float64).reshape(event)
+
+    return T.tree_map(one, samples)
+
+
+def rhat(samples: TensorTree) -> TensorTree:
+    r"""Rank-normalised split-:math:`\hat R` (Vehtari et al. 2021) of each element; leaves
+    ``(chains, draws, *event)`` -> ``(*event,)`` float64.
+
+    The chains are split in halves; :math:`\hat R` is computed on the rank-normalised draws (bulk) and on
+    the rank-normalised distances to the median (folded, tails); the larger is returned. Values below
+    1.01 indicate agreement. Needs at least 2 chains (as ArviZ).
+    """
+
+    def fn(x: np.ndarray) -> np.ndarray:
+        split = _split_np(x)
+        bulk = _rhat_np(_z_scale_np(split))
+        median = np.median(split.reshape(-1, split.shape[-1]), axis=0)
+        tail = _rhat_np(_z_scale_np(np.abs(split - median)))
+        return np.maximum(bulk, tail)
+
+    return _per_leaf(samples, "rhat", fn, min_chains=2)
+
+
+def ess_bulk(samples: TensorTree) -> TensorTree:
+    """Bulk ESS (Vehtari et al. 2021): the ESS of the rank-normalised split chains; leaves
+    ``(chains, draws, *event)`` -> ``(*event,)`` float64. Robust to heavy tails; it measures how well the
+    centre of the distribution (means, medians) is estimated."""
+    return _per_leaf(samples, "ess_bulk", lambda x: _ess_np(_z_scale_np(_split_np(x))))
+
+
+def ess_tail(samples: TensorTree, prob: tuple[float, float] = (0.05, 0.95)) -> TensorTree:
+    """Tail ESS: the smaller of the ESS of the indicators ``x <= q_low`` and ``x <= q_high`` (the
+    ``prob`` quantiles, split chains); how well the tails (intervals) are estimated."""
+    lo, hi = (_check_prob(p, "ess_tail prob") for p in prob)
+    return _per_leaf(samples, "ess_tail", lambda x: np.minimum(_ess_quantile_np(x, lo), _ess_quantile_np(x, hi)))
+
+
+def ess_mean(samples: TensorTree) -> TensorTree:
+    """ESS of the mean: the split-chain ESS of the draws themselves (no rank normalisation), the one
+    :func:`mcse_mean` uses (ArviZ ``method="mean"``)."""
+    return _per_leaf(samples, "ess_mean", lambda x: _ess_np(_split_np(x)))
+
+
+def ess_quantile(samples: TensorTree, prob: float) -> TensorTree:
+    """ESS of the ``prob`` quantile (the indicator ``x <= q``, split chains)."""
+    p = _check_prob(prob, "prob")
+    return _per_leaf(samples, "ess_quantile", lambda x: _ess_quantile_np(x, p))
+
+
+def mcse_mean(samples: TensorTree) -> TensorTree:
+    """Monte Carlo standard error of the mean: ``sd / sqrt(ESS_mean)`` (sd over all draws, ``ddof=1``)."""
+
+    def fn(x: np.ndarray) -> np.ndarray:
+        sd = x.reshape(-1, x.shape[-1]).std(axis=0, ddof=1)
+        return sd / np.sqrt(_ess_np(_split_np(x)))
+
+    return _per_leaf(samples, "mcse_mean", fn)
+
+
+def mcse_sd(samples: TensorTree) -> TensorTree:
+    r"""Monte Carlo standard error of the standard deviation (ArviZ 0.23): with ``c = (x - mean)^2``,
+    :math:`\mathrm{var}(\hat\sigma^2) \approx (\overline{c^2} - \bar c^2) / \mathrm{ESS}(c)` and the delta
+    method, :math:`\mathrm{mcse} = \sqrt{\mathrm{var}(\hat\sigma^2) / (4 \bar c)}`."""
+
+    def fn(x: np.ndarray) -> np.ndarray:
+        c2 = (x - x.mean(axis=(0, 1))) ** 2
+        ess = _ess_np(_split_np(c2))
+        evar = c2.mean(axis=(0, 1))
+        varvar = ((c2**2).mean(axis=(0, 1)) - evar**2) / ess
+        return np.sqrt(varvar / evar / 4)
+
+    return _per_leaf(samples, "mcse_sd", fn)
+
+
+def mcse_quantile(samples: TensorTree, prob: float) -> TensorTree:
+    """Monte Carlo standard error of the ``prob`` quantile: half the width of the central 68 % interval
+    of the order statistics, from the ``Beta(ESS p + 1, ESS (1 - p) + 1)`` law of the quantile's rank."""
+    import scipy.stats
+
+    p = _check_prob(prob, "prob")
+
+    def fn(x: np.ndarray) -> np.ndarray:
+        ess = _ess_quantile_np(x, p)
+        s = np.sort(x.reshape(-1, x.shape[-1]), axis=0)
+        size = s.shape[0]
+        out = np.empty(x.shape[-1])
+        for j in range(x.shape[-1]):
+            with np.errstate(invalid="ignore"):
+                ppf = scipy.stats.beta.ppf([0.1586553, 0.8413447], ess[j] * p + 1, ess[j] * (1 - p) + 1)
+            ppf_size = ppf * size - 1
+            lo = s[int(np.floor(np.nanmax((ppf_size[0], 0)))), j]
+            hi = s[int(np.ceil(np.nanmin((ppf_size[1], size - 1)))), j]
+            out[j] = (hi - lo) / 2
+        return out
+
+    return _per_leaf(samples, "mcse_quantile", fn)
 
 
 # ---------------------------------------------------------------------------------------- Gaussian KL
