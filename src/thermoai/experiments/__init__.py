@@ -11,4 +11,5 @@ EXPERIMENTS: dict[str, str] = {
     "cold_posterior": "thermoai.experiments.cold_posterior",
     "thermo_crossover": "thermoai.experiments.thermo_crossover",
     "emt_benchmark": "thermoai.experiments.emt_benchmark",
+    "tbi_scaling": "thermoai.experiments.tbi_scaling",
 }

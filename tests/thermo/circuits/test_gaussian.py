@@ -108,6 +108,20 @@ def test_active_elements_realise_the_posterior():
     assert torch.allclose(S / V0**2, c.posterior_cov, rtol=1e-9)
 
 
+def test_active_rate_bounds():
+    mu, Sp, y, Sl, _ = problem(16, 14, False)
+    g = GaussianPosteriorCircuit(mu, Sp, y, Sl, design="active", device=ideal(16))
+    s = GaussianPosteriorCircuit(mu, Sp, y, Sl, design="active", device=ideal(16), rate_bound="spectral")
+    lam = torch.linalg.eigvalsh(s.posterior_precision)
+    for c, top in ((g, float(s.posterior_precision.abs().sum(1).max())), (s, float(lam.max()))):
+        G = c.elements["coupling_conductance_matrix_S"] / c.elements["node_capacitance_F"]
+        assert float(torch.linalg.eigvalsh(G).max()) * c.time_constant == pytest.approx(float(lam.max()) / top)
+        assert c.slowest_relaxation_time == pytest.approx(c.time_constant * top / float(lam.min()))
+    assert s.slowest_relaxation_time < g.slowest_relaxation_time  # Gershgorin overestimates lambda_max
+    with pytest.raises(ValueError, match="rate_bound must be"):
+        GaussianPosteriorCircuit(mu, Sp, y, Sl, design="active", device=ideal(16), rate_bound="exact")
+
+
 def test_passive_realisation_and_what_the_design_does_otherwise():
     d = 6
     # an M-matrix precision (a path-graph Laplacian plus ground): realisable by a passive RC network

@@ -25,8 +25,11 @@ theorem makes the covariance ``k T_n C^-1`` whatever ``G`` is, and every mode re
 "capacitive divider" (capacitors carry no DC current; the brief's correction of thermo.md section 3.3).
 
 **design "active"** (SPU style, the brief's design (b)). Identical node capacitors ``C0``, couplings
-``G = g0 P`` with ``g0 = C0 / (rho tau)`` (``rho``: the largest absolute row sum of ``P``, a Gershgorin
-bound, so every rate ``lambda_i(P) / (rho tau)`` is at most ``1 / tau``), injected currents ``g0 V0 H^T
+``G = g0 P`` with ``g0 = C0 / (rho tau)`` so that every rate ``lambda_i(P) / (rho tau)`` is at most ``1 / tau``:
+``rho`` is the largest absolute row sum of ``P`` (``rate_bound="gershgorin"``, a bound the host gets in
+O(d^2) without any eigenvalue, as in :mod:`thermoai.thermo.linalg`) or ``lambda_max(P)`` itself
+(``rate_bound="spectral"``: the fastest mode exactly at ``1 / tau``; Gershgorin's bound grows like sqrt(d)
+for a dense random precision, and the slowest mode with it). Injected currents ``g0 V0 H^T
 Sigma_l^-1 (y - H mu_pi)``, and independent injected noise at each node of programmed intensity::
 
     dv = -(P / (rho tau)) (v - V0 (m - mu_pi)) dt + sigma dW,   sigma^2 = 2 V0^2 / (rho tau),
@@ -112,6 +115,8 @@ class GaussianPosteriorCircuit:
             ``4.5 max_i sqrt(Sigma_pi,ii) / adc_range`` (and at least ``max |y - mu_pi| / adc_range`` when
             H is None) so that the prior's 4.5-sigma box fits the ADC.
         allow_active: design "rc" only; False raises ValueError when the precision needs active elements.
+        rate_bound: design "active" only: how the couplings are scaled so that no mode is faster than the
+            cells, ``"gershgorin"`` (largest absolute row sum of P) or ``"spectral"`` (``lambda_max(P)``).
         rounding: DAC rounding, ``"nearest"`` or ``"stochastic"``.
 
     Attributes (exact, for reference): ``posterior_mean`` (d,), ``posterior_cov`` (d, d),
@@ -124,13 +129,15 @@ class GaussianPosteriorCircuit:
 
     def __init__(self, prior_mean, prior_cov, y, likelihood_cov, H=None, design: str = "rc",
                  device: Device | None = None, *, noise: str = "injected", scale: float | None = None,
-                 allow_active: bool = True, rounding: str = "nearest"):
+                 allow_active: bool = True, rate_bound: str = "gershgorin", rounding: str = "nearest"):
         if design not in DESIGNS:
             raise ValueError(f"design must be one of {DESIGNS}; got {design!r}")
         if noise not in NOISES:
             raise ValueError(f"noise must be one of {NOISES}; got {noise!r}")
         if rounding not in ("nearest", "stochastic"):
             raise ValueError(f"rounding must be 'nearest' or 'stochastic'; got {rounding!r}")
+        if rate_bound not in ("gershgorin", "spectral"):
+            raise ValueError(f"rate_bound must be 'gershgorin' or 'spectral'; got {rate_bound!r}")
         mu = as_vector(prior_mean, "prior_mean")
         d = mu.shape[0]
         yv = as_vector(y, "y")
@@ -192,7 +199,8 @@ class GaussianPosteriorCircuit:
                 raise ValueError("noise='johnson' needs a passive network (active elements make no "
                                  "fluctuation-dissipation noise); this precision needs active elements")
         self._pmax = float(torch.diagonal(P).max())
-        self._rho = float(P.abs().sum(1).max())
+        self.rate_bound = rate_bound
+        self._rho = float(P.abs().sum(1).max()) if rate_bound == "gershgorin" else float(self._eig()[0].max())
         self._built: dict[str, Any] | None = None
 
     # --- reference quantities ---------------------------------------------------------------------

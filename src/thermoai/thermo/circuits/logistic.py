@@ -80,7 +80,7 @@ __all__ = ["LogisticPosteriorCircuit"]
 
 ELEMENTARY_CHARGE = 1.602176634e-19  # C (exact, SI 2019)
 INTEGRATORS = ("euler", "exponential")
-_CHUNK_STEPS = 256  # integrator steps per call (bounds the path buffer to chains * 257 * d)
+_CHUNK_STATES = 2_000_000  # states (chains * steps * d) per integrator call, which keeps its whole path
 
 
 def _check_labels(y: Tensor, n: int) -> Tensor:
@@ -166,6 +166,7 @@ class LogisticPosteriorCircuit:
         self.X, self.y, self.n, self.d = Xm, yv, n, d
         self.prior_mean, self.prior_cov = mu, Sp
         self.gain_error, self.offset, self.saturation = g, o, float(sigmoid_saturation)
+        self._ideal_pairs = not bool(g.any()) and not bool(o.any())
         self.array_rows, self.switch_interval, self.batch_order = rows, float(switch_interval), batch_order
         self.integrator, self.step_fraction, self.rounding = integrator, float(step_fraction), rounding
         self._Pp = torch.cholesky_inverse(torch.linalg.cholesky(Sp))
@@ -234,10 +235,12 @@ class LogisticPosteriorCircuit:
     def sigmoid(self, z: Tensor, rows: Tensor | None = None) -> Tensor:
         """The hardware sigmoid ``sigma((1 + g) clip(z, +-z_sat) + o)`` of pre-activations z (..., k) for the
         data rows ``rows`` (k,) (all n when None)."""
+        zc = z.clamp(-self.saturation, self.saturation) if math.isfinite(self.saturation) else z
+        if self._ideal_pairs:
+            return torch.sigmoid(zc)
         g = self.gain_error if rows is None else self.gain_error[rows]
         o = self.offset if rows is None else self.offset[rows]
-        zc = z.clamp(-self.saturation, self.saturation) if math.isfinite(self.saturation) else z
-        return torch.sigmoid((1 + g) * zc + o)
+        return torch.sigmoid((1 + g.to(z.dtype)) * zc + o.to(z.dtype))
 
     def _psi(self, z: Tensor) -> Tensor:
         """Per-datum potential with derivative the hardware sigmoid: softplus((1+g) z + o) / (1 + g) inside
@@ -378,7 +381,8 @@ class LogisticPosteriorCircuit:
         return torch.randint(K, (n_switches,), generator=generator).tolist()
 
     def sample(self, n: int, generator: torch.Generator | None = None, *, start="prior",
-               burn_in: float | None = None, interval: float | None = None, chains: int = 1, info: bool = False):
+               burn_in: float | None = None, interval: float | None = None, chains: int = 1, info: bool = False,
+               dtype: torch.dtype = torch.float64):
         """Draw ``n`` samples (n, d) from the simulated chip; same protocol and return value as
         :meth:`thermoai.thermo.circuits.GaussianPosteriorCircuit.sample`: each of ``chains`` runs starts at
         ``start`` (``"prior"``: a prior draw; or a (d,) point), relaxes ``burn_in`` seconds (default
@@ -388,8 +392,11 @@ class LogisticPosteriorCircuit:
 
         Returns ``(samples, cost)`` (``(samples, cost, info)`` with ``info=True``: ``burn_in_s``,
         ``interval_s``, ``chains``, ``reads_per_chain``, ``steps``, ``switches``, ``programming``,
-        ``dynamics`` and ``clipped_fraction``). Costs: see the module docstring.
+        ``dynamics`` and ``clipped_fraction``). Costs: see the module docstring. ``dtype``: the simulation's
+        arithmetic (float32 halves its time; samples are returned in float64 either way).
         """
+        if dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"dtype must be torch.float32 or torch.float64; got {dtype}")
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive integer; got {n!r}")
         if isinstance(chains, bool) or not isinstance(chains, int) or not 1 <= chains <= n:
@@ -414,7 +421,8 @@ class LogisticPosteriorCircuit:
             theta = self.prior_mean + z @ torch.linalg.cholesky(self.prior_cov).mT
         else:
             theta = as_vector(start, "start", self.d).expand(chains, self.d).clone()
-        b = self._build()
+        b = {key: (v.to(dtype) if isinstance(v, Tensor) else v) for key, v in self._build().items()}
+        theta = theta.to(dtype)
         k = -(-n // chains)
         h_max = self.step
         # time grid in time constants: burn-in in equal steps, then k intervals of whole steps each
@@ -443,7 +451,7 @@ class LogisticPosteriorCircuit:
         if self.integrator == "exponential":
             A = b["M"] @ b["Gp"] / self.stiffness
             mean = torch.linalg.solve(b["Gp"], b["bp"])
-            proc = OUProcess(A, b["D"], mean)
+            proc = OUProcess(A, b["D"], mean)  # in the simulation dtype (that of A)
 
         reads = []
         x = theta
@@ -451,7 +459,7 @@ class LogisticPosteriorCircuit:
         pos = 0
         total = grid.shape[0] - 1
         while pos < total:
-            end = min(pos + _CHUNK_STEPS, total)
+            end = min(pos + max(4, _CHUNK_STATES // (chains * self.d)), total)
             times = grid[pos:end + 1]
             if self.integrator == "euler":
                 path = euler_maruyama(force, b["D"], x, times, generator=generator)
@@ -459,12 +467,12 @@ class LogisticPosteriorCircuit:
                 path = exponential_integrator(proc, force, None, x, times, generator=generator)
             for j in range(pos + 1, end + 1):
                 if j in want:
-                    reads.append(path[:, j - pos])
+                    reads.append(path[:, j - pos].clone())
             x = path[:, -1]
             if not bool(torch.isfinite(x).all()):  # pragma: no cover - excluded by the step choice
                 raise FloatingPointError("the simulation diverged; lower step_fraction")
             pos = end
-        states = torch.stack(reads, dim=1)  # (chains, k, d) in posterior units
+        states = torch.stack(reads, dim=1).to(F64)  # (chains, k, d) in posterior units
         r, _ = dev.read(states / self.scale, generator=generator)
         clipped = int((r.abs() >= dev.adc_range * (1 - 1e-12)).sum())
         samples = (self.scale * r).reshape(chains * k, self.d)[:n]
