@@ -44,6 +44,7 @@ import torchopt  # noqa: E402
 import thermoai  # noqa: E402
 from thermoai.bayes.laplace import diag_fisher as tai_diag_fisher  # noqa: E402
 from thermoai.bayes.sgmcmc import sghmc as tai_sghmc  # noqa: E402
+from thermoai.bayes.sgmcmc._common import scratch_normal  # noqa: E402
 from thermoai.bayes.sgmcmc import sgld as tai_sgld  # noqa: E402
 from thermoai.bayes.vi import diag as tai_vi_diag  # noqa: E402
 
@@ -182,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--device", default="cpu", help="torch device for model, data and states (default cpu)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "bayes_vs_posteriors.md"))
+    parser.add_argument(
+        "--methods", default="", help="comma-separated subset of the methods (e.g. SGLD,SGHMC); default all"
+    )
     args = parser.parse_args(argv)
 
     if args.device != "cpu" and args.clock == "cpu":
@@ -212,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         (m, "Gaussian", tai, post, None, gaussian_grad_only)
         for m, (tai, post) in sgmcmc_transforms(gaussian_log_density, 1e-4).items()
     ]
+    if args.methods:
+        wanted = {m.strip() for m in args.methods.split(",")}
+        cases = [c for c in cases if c[0] in wanted]
     rows = []
     for method, target, tai, post, data, grad_fn in cases:
         for inplace in (False, True):
@@ -231,12 +238,19 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(_format_row(row), flush=True)
 
-    # the Gaussian noise an SGMCMC step draws (one normal per parameter), timed alone: both libraries pay it
-    def noise_only() -> None:
-        [torch.randn_like(p) for p in params.values()]
+    # the Gaussian noise an SGMCMC step draws (one normal per parameter), timed alone: posteriors draws
+    # randn_like leaf by leaf into fresh tensors; thermoai one scaled normal_ into a reused buffer
+    leaves = list(params.values())
 
-    noise = measure({"noise": noise_only}, args.steps, args.repeats, args.warmup, args.clock)["noise"]
-    print(f"noise alone (randn_like over the tree): {noise * 1e3:.2f} ms")
+    def noise_per_leaf() -> None:
+        [torch.randn_like(p) for p in leaves]
+
+    def noise_scratch() -> None:
+        scratch_normal(leaves, 0.01, None)
+
+    noises = measure({"per_leaf": noise_per_leaf, "scratch": noise_scratch}, args.steps, args.repeats, args.warmup, args.clock)
+    noise = noises["per_leaf"]
+    print(f"noise alone: randn_like over the tree {noise * 1e3:.2f} ms, one scratch draw {noises['scratch'] * 1e3:.2f} ms")
     header = _table(rows)
     command = "$ " + " ".join([".venv-bench/bin/python", "benchmarks/bayes_vs_posteriors.py", *(argv or sys.argv[1:])])
     env = (
@@ -252,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(_report(command, env, header, rows, noise))
+    out.write_text(_report(command, env, header, rows, noise, noises["scratch"]))
     print(f"\nwritten to {out}")
     return 0
 
@@ -288,26 +302,29 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _targets(rows: list[dict[str, Any]], noise: float) -> str:
-    """The two targets, judged on this run's numbers."""
+def _targets(rows: list[dict[str, Any]], noise: float, scratch: float) -> str:
+    """The targets, judged on this run's numbers."""
     slower = [f"{r['method']} ({r['target']}, inplace={r['inplace']})" for r in rows if r["thermoai"] > r["posteriors"]]
     sgmcmc = [r for r in rows if r["method"] in ("SGLD", "SGHMC")]
+    if not sgmcmc:
+        return "- (no SGMCMC rows in this run)"
     update = [(r["thermoai"] - r["grad"]) / (r["posteriors"] - r["grad"]) for r in sgmcmc]
+    step = [r["thermoai"] / r["posteriors"] for r in sgmcmc]
     worst = max(update)
-    post_sgld = [r["posteriors"] - r["grad"] for r in sgmcmc if r["method"] == "SGLD"]
+    post_sgld = [r["posteriors"] - r["grad"] for r in sgmcmc if r["method"] == "SGLD"] or [float("nan")]
     return "\n".join([
         f"- No method slower than posteriors: **{'met' if not slower else 'missed'}**"
         + (f" (slower: {', '.join(slower)})" if slower else f" (worst step ratio {max(r['thermoai'] / r['posteriors'] for r in rows):.2f})."),
-        f"- SGMCMC update (step − gradient) at least 1.5× faster, i.e. ratio ≤ 0.67: **{'met' if worst <= 1 / 1.5 else 'missed'}**"
-        f" (update-only ratios {min(update):.2f} to {worst:.2f}, i.e. {1 / worst:.2f}× to {1 / min(update):.2f}× faster).",
-        f"- Drawing the Gaussian noise alone (`torch.randn_like` over the tree, the same draw in both libraries) "
-        f"takes {noise * 1e3:.2f} ms per step on this machine, against {min(post_sgld) * 1e3:.2f} ms for posteriors' "
-        f"whole SGLD update: even with free arithmetic, thermoai's SGLD update ratio could not go below "
-        f"{noise / min(post_sgld):.2f}.",
+        f"- SGMCMC update (step − gradient) at most 0.6× posteriors' (issue 14): **{'met' if worst <= 0.6 else 'missed'}**"
+        f" (update-only ratios {min(update):.2f} to {worst:.2f}; whole-step ratios {min(step):.2f} to {max(step):.2f}).",
+        f"- The noise alone: posteriors' draw (`torch.randn_like` leaf by leaf) takes {noise * 1e3:.2f} ms per step, "
+        f"thermoai's (one scaled `normal_` over the tree into a reused buffer) {scratch * 1e3:.2f} ms, against "
+        f"{min(post_sgld) * 1e3:.2f} ms for posteriors' whole SGLD update: even with free arithmetic, thermoai's SGLD "
+        f"update ratio could not go below {scratch / min(post_sgld):.2f} with torch's CPU generator.",
     ])
 
 
-def _report(command: str, env: str, table: str, rows: list[dict[str, Any]], noise: float) -> str:
+def _report(command: str, env: str, table: str, rows: list[dict[str, Any]], noise: float, scratch: float) -> str:
     return f"""# thermoai.bayes vs posteriors 0.1.3: time per update step
 
 Produced by
@@ -330,20 +347,24 @@ gradient: the part a library's own code decides.
 
 ## Targets
 
-{_targets(rows, noise)}
+{_targets(rows, noise, scratch)}
 
-## Why the SGMCMC update is not 1.5× faster on a CPU
+## Why the SGMCMC update does not reach 0.6× on a CPU
 
 An SGMCMC update is a few element-wise passes over the parameters plus one standard-normal draw per
 parameter. thermoai does the passes with `torch._foreach_*`, the scalar folded into each axpy (SGLD: two
 passes, SGHMC: four, plus one cheap sum per leaf to check finiteness), where posteriors' `tree_map` of
-Python expressions makes four and eight passes, each allocating a temporary. On a GPU the foreach kernels are fused multi-tensor launches; on a CPU they are a
-loop over the leaves running the ordinary kernel, so the gain is only the saved passes and temporaries.
-The draw does not shrink: torch's CPU `normal_` is bound by its Mersenne-Twister stream (for these
-0.93 M parameters, uniforms alone took 1.9 ms and normals 2.3 ms when this was written), and it is most of
-either library's update (see the last line above). The update ratio is therefore bounded below by
-(noise time) / (posteriors' update time) on this hardware, whatever the arithmetic costs; the step ratio
-on a real model is closer still to 1, since the gradient dominates.
+Python expressions makes four and eight passes, each allocating a temporary; the noise is one `normal_`
+over the whole tree, already scaled, into a buffer reused between steps (no allocation, no page faults).
+The draw itself does not shrink: torch's CPU `normal_` is bound by its Mersenne-Twister stream (raw
+32-bit words cost about as much as the normals; Box-Muller is vectorised). The alternatives measured
+while this was written, on 0.93 M float32 numbers, one thread: numpy's `standard_normal` (ziggurat) with
+PCG64, SFC64, Philox or MT19937 took 2-3× torch's time; raw SFC64 bits are 3.5× cheaper than torch's, but
+turning them into normals with torch ops (Box-Muller: log, sqrt, sin, cos; or a table ziggurat: masks,
+gathers, compares) took 7-9 ms against torch's 3.7 ms. No exact generator faster than torch's is
+reachable from Python without compiling a kernel, so the update ratio stays bounded below by (noise
+time) / (posteriors' update time); on a real model the step ratio is closer still to 1, since the
+gradient dominates. On a GPU torch's generator is Philox (counter-based, parallel) and the bound goes.
 """
 
 

@@ -120,7 +120,7 @@ def update(
             step_ = [p * gi for p, gi in zip(precond, g)]
         theta = C.axpy(T.leaves(state.params), eps, step_, inplace)
         if not C.is_zero(temp):
-            noise = C.randn_like(theta, generator)
+            noise = C.scratch_normal(theta, 1.0, generator) if fused else C.randn_like(theta, generator)
             if fused:
                 torch._foreach_sqrt_(precond)
                 torch._foreach_mul_(noise, precond)
