@@ -2,6 +2,7 @@
 
     thermoai reproduce [NAME ...] [--out DIR] [--quick]   run the headline experiments, write reports
     thermoai memory build|ask ...                        Extended Mind memory banks (see ``--help``)
+    thermoai thermo logistic [--device pcb|chip|ideal]  sample a posterior on the simulated logistic circuit
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     mem = sub.add_parser("memory", help="Extended Mind memory banks: build, ask", add_help=False)
     mem.add_argument("rest", nargs=argparse.REMAINDER)
     mem.set_defaults(func=lambda a: importlib.import_module("thermoai.memory.commands").main(a.rest))
+    thermo = sub.add_parser("thermo", add_help=False,
+                            help="posterior circuits on the simulated device: thermoai thermo logistic")
+    thermo.add_argument("rest", nargs=argparse.REMAINDER)
+    thermo.set_defaults(func=lambda a: importlib.import_module("thermoai.thermo.circuits.commands").main(a.rest))
     return parser
 
 
@@ -50,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "memory":  # its own parser, so that `thermoai memory --help` reaches it
         return int(importlib.import_module("thermoai.memory.commands").main(argv[1:]))
+    if argv and argv[0] == "thermo":  # likewise for `thermoai thermo --help`
+        return int(importlib.import_module("thermoai.thermo.circuits.commands").main(argv[1:]))
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

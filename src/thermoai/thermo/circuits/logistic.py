@@ -60,7 +60,7 @@ plus ``rows`` sigmoid cells at ``power_per_cell`` and ``2 rows d`` crossbar coup
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -382,7 +382,7 @@ class LogisticPosteriorCircuit:
 
     def sample(self, n: int, generator: torch.Generator | None = None, *, start="prior",
                burn_in: float | None = None, interval: float | None = None, chains: int = 1, info: bool = False,
-               dtype: torch.dtype = torch.float64):
+               dtype: torch.dtype = torch.float64, progress: Callable[[int, int], None] | None = None):
         """Draw ``n`` samples (n, d) from the simulated chip; same protocol and return value as
         :meth:`thermoai.thermo.circuits.GaussianPosteriorCircuit.sample`: each of ``chains`` runs starts at
         ``start`` (``"prior"``: a prior draw; or a (d,) point), relaxes ``burn_in`` seconds (default
@@ -393,7 +393,8 @@ class LogisticPosteriorCircuit:
         Returns ``(samples, cost)`` (``(samples, cost, info)`` with ``info=True``: ``burn_in_s``,
         ``interval_s``, ``chains``, ``reads_per_chain``, ``steps``, ``switches``, ``programming``,
         ``dynamics`` and ``clipped_fraction``). Costs: see the module docstring. ``dtype``: the simulation's
-        arithmetic (float32 halves its time; samples are returned in float64 either way).
+        arithmetic (float32 halves its time; samples are returned in float64 either way). ``progress(done, total)``
+        is called after each block of integrator steps (for a progress bar).
         """
         if dtype not in (torch.float32, torch.float64):
             raise TypeError(f"dtype must be torch.float32 or torch.float64; got {dtype}")
@@ -472,6 +473,8 @@ class LogisticPosteriorCircuit:
             if not bool(torch.isfinite(x).all()):  # pragma: no cover - excluded by the step choice
                 raise FloatingPointError("the simulation diverged; lower step_fraction")
             pos = end
+            if progress is not None:
+                progress(pos, total)
         states = torch.stack(reads, dim=1).to(F64)  # (chains, k, d) in posterior units
         r, _ = dev.read(states / self.scale, generator=generator)
         clipped = int((r.abs() >= dev.adc_range * (1 - 1e-12)).sum())
