@@ -12,6 +12,7 @@ Subpackages and modules:
 - :mod:`~thermoai.bayes.curvature`: the GGN curvature shared by Laplace and the EKFs.
 - :mod:`~thermoai.bayes.ensemble`: tempered (asymptotically unbiased) deep ensembles.
 - :mod:`~thermoai.bayes.diagnostics`: MCMC diagnostics (rank-normalised R-hat, bulk/tail ESS, MCSE).
+- :mod:`~thermoai.bayes.sbc`: simulation-based calibration of any method (rank histograms, chi-square).
 - :mod:`~thermoai.bayes.state_io`: ``save_state`` / ``load_state`` of any method's state (safetensors).
 - :mod:`~thermoai.bayes.predictive`: posterior-predictive summaries and the linearised predictive.
 - :mod:`~thermoai.bayes.module`: ``nn.Module`` as a pure function; Bayes over a subset of parameters.
@@ -23,6 +24,7 @@ from thermoai.bayes import adam, log_prob, module, predictive
 from thermoai.bayes import ekf, laplace, vi
 from thermoai.bayes import sgmcmc
 from thermoai.bayes import curvature, diagnostics, ensemble, state_io
+from thermoai.bayes import sbc
 from thermoai.bayes.state_io import load_state, save_state
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "diagnostics",
     "curvature",
     "state_io",
+    "sbc",
     "save_state",
     "load_state",
     "predictive",

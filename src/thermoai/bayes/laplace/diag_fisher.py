@@ -130,7 +130,7 @@ def sample(
     """
     check_non_negative(temperature, "temperature")
     for leaf in T.leaves(state.prec_diag):
-        if bool((leaf <= 0).any()):
+        if not under_transform(leaf) and bool((leaf <= 0).any()):  # not checkable under vmap
             raise ValueError(
                 "prec_diag has zero or negative entries (infinite variance); pass a positive prior_precision"
             )
