@@ -69,7 +69,7 @@ def test_reaches_the_dense_target_exactly(gaussian_target):
     """The family contains the target; with STL the gradient noise vanishes there, so Adam lands on it."""
     tg = gaussian_target
     g = torch.Generator().manual_seed(0)
-    transform = dense.build(normalised(tg), optimizer=adam.adam(lr=1e-2), n_samples=1)
+    transform = dense.build(normalised(tg), optimizer=adam.adam(lr=1e-2), n_samples=1, init_L=1.0)  # at the target's scale
     state = transform.init(tg.unflatten(torch.zeros(10, dtype=F64)))
     for _ in range(1500):
         state, _ = transform.update(state, None, inplace=True, generator=g)

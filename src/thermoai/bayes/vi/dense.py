@@ -29,10 +29,11 @@ from torch import Tensor
 
 from thermoai import tree as T
 from thermoai.bayes import adam as adam_mod
-from thermoai.bayes._common import detached_copy, flat_rows, scalar_like, transform, zero_step
+from thermoai.bayes._common import detached_copy, flat_rows, scalar_like, transform, under_transform, zero_step
 from thermoai.bayes.vi._common import (
     check_n_samples,
     check_temperature,
+    default_init_sd,
     draws_value_and_grad,
     nelbo_step,
     resolve_optimizer,
@@ -48,7 +49,7 @@ def build(
     temperature: Schedule = 1.0,
     n_samples: int = 1,
     stl: bool = True,
-    init_L: float | Tensor = 1.0,
+    init_L: float | Tensor | None = None,
     lr: Schedule | None = None,
 ) -> Transform:
     """Full-covariance Gaussian VI as a :class:`~thermoai.types.Transform`.
@@ -61,7 +62,8 @@ def build(
         stl: sticking-the-landing gradients.
         init_L: initial Cholesky factor: a number ``c`` (``L = c I``), a ``(d, d)`` lower-triangular
             tensor or its flat ``(d(d+1)/2,)`` form. Its diagonal must be non-zero (``L L^T`` positive
-            definite).
+            definite). None (default): ``c`` a tenth of the initial parameters' RMS
+            (:func:`thermoai.bayes.vi._common.default_init_sd`).
         lr: shorthand for ``optimizer=adam(lr=lr)``.
     """
     optimizer = resolve_optimizer(optimizer, lr)
@@ -115,13 +117,17 @@ def L_to_flat(L: Tensor) -> Tensor:
     return L[..., rows, cols]
 
 
-def init(params: TensorTree, optimizer: adam_mod.Optimizer | None = None, init_L: float | Tensor = 1.0) -> VIDenseState:
+def init(params: TensorTree, optimizer: adam_mod.Optimizer | None = None, init_L: float | Tensor | None = None) -> VIDenseState:
     """A fresh state at mean ``params`` (copied) with factor ``init_L``; dtype/device follow params."""
     optimizer = resolve_optimizer(optimizer, None, default_lr=1e-3)
     T.check_floating_leaves(params)
     mean = detached_copy(params)
     flat = T.tree_ravel(mean)
     d = flat.numel()
+    if init_L is None:
+        init_L = default_init_sd(mean)
+        if isinstance(init_L, Tensor):  # under vmap: one scale per member
+            init_L = init_L.to(flat.dtype) * torch.eye(d, dtype=flat.dtype, device=flat.device)
     if isinstance(init_L, (int, float)):
         _check_scalar_L(init_L)
         L = float(init_L) * torch.eye(d, dtype=flat.dtype, device=flat.device)
@@ -133,12 +139,13 @@ def init(params: TensorTree, optimizer: adam_mod.Optimizer | None = None, init_L
             L = L_from_flat(L)
         if tuple(L.shape) != (d, d):
             raise ValueError(f"init_L must be a ({d}, {d}) lower-triangular matrix; got shape {tuple(L.shape)}")
-        if not bool(torch.isfinite(L).all()):
-            raise ValueError("init_L has NaN or infinite entries")
-        if bool((torch.triu(L, 1) != 0).any()):
-            raise ValueError("init_L must be lower triangular (a Cholesky factor); it has entries above the diagonal")
-        if bool((torch.diagonal(L) == 0).any()):
-            raise ValueError("init_L must have a non-zero diagonal (L L^T positive definite); found a zero")
+        if not under_transform(L):  # (a per-member factor under vmap cannot be inspected)
+            if not bool(torch.isfinite(L).all()):
+                raise ValueError("init_L has NaN or infinite entries")
+            if bool((torch.triu(L, 1) != 0).any()):
+                raise ValueError("init_L must be lower triangular (a Cholesky factor); it has entries above the diagonal")
+            if bool((torch.diagonal(L) == 0).any()):
+                raise ValueError("init_L must have a non-zero diagonal (L L^T positive definite); found a zero")
     else:
         raise TypeError(f"init_L must be a number or a tensor; got {type(init_L).__name__}")
     L_flat = L_to_flat(L).clone()

@@ -39,6 +39,7 @@ from thermoai.bayes._common import copy_like, detached_copy, sample_diag_normal,
 from thermoai.bayes.vi._common import (
     check_n_samples,
     check_temperature,
+    default_init_sd,
     draws_value_and_grad,
     nelbo_step,
     resolve_optimizer,
@@ -55,7 +56,7 @@ def build(
     temperature: Schedule = 1.0,
     n_samples: int = 1,
     stl: bool = True,
-    init_log_sds: float | TensorTree = 0.0,
+    init_log_sds: float | TensorTree | None = None,
     lr: Schedule | None = None,
 ) -> Transform:
     """Diagonal-Gaussian VI as a :class:`~thermoai.types.Transform`.
@@ -67,7 +68,8 @@ def build(
         temperature: ``T >= 0`` or a schedule of the step; 0 gives (noisy) optimisation of the mean.
         n_samples: draws per NELBO estimate (> 0; more than one are vmapped).
         stl: sticking-the-landing gradients (see module docstring).
-        init_log_sds: initial ``log sigma`` (a number or a tree like params).
+        init_log_sds: initial ``log sigma`` (a number or a tree like params); None (default): the sd is a
+            tenth of the initial parameters' RMS (:func:`thermoai.bayes.vi._common.default_init_sd`).
         lr: shorthand for ``optimizer=adam(lr=lr)``.
     """
     optimizer = resolve_optimizer(optimizer, lr)
@@ -100,13 +102,16 @@ class VIDiagState(NamedTuple):
 
 
 def init(
-    params: TensorTree, optimizer: adam_mod.Optimizer | None = None, init_log_sds: float | TensorTree = 0.0
+    params: TensorTree, optimizer: adam_mod.Optimizer | None = None, init_log_sds: float | TensorTree | None = None
 ) -> VIDiagState:
     """A fresh state at mean ``params`` (copied) and ``log sigma = init_log_sds``; dtype/device follow params."""
     optimizer = resolve_optimizer(optimizer, None, default_lr=1e-3)
     _check_log_sds(init_log_sds)
     ref = T.check_floating_leaves(params)[0]
     mean = detached_copy(params)
+    if init_log_sds is None:
+        sd0 = default_init_sd(mean)
+        init_log_sds = math.log(sd0) if isinstance(sd0, float) else T.tree_map(lambda x: torch.zeros_like(x) + torch.log(sd0).to(x.dtype), mean)
     if isinstance(init_log_sds, (int, float)):
         log_sds = T.tree_map(lambda x: torch.full_like(x, float(init_log_sds)), mean)
     else:
@@ -214,6 +219,8 @@ def sample(
 
 
 def _check_log_sds(init_log_sds: Any) -> None:
+    if init_log_sds is None:
+        return
     if isinstance(init_log_sds, (int, float)):
         if not math.isfinite(init_log_sds):
             raise ValueError(f"init_log_sds must be finite; got {init_log_sds}")
