@@ -84,6 +84,24 @@ def test_quick_run_writes_a_consistent_report(tmp_path):
     assert result["ablations"]["layer_fraction"][0]["layers"] == emt_benchmark.evenly_spaced_layers(30, 0.5)
     report = (tmp_path / "emt_benchmark.md").read_text()
     assert "Extended Mind + retrieval augmentation" in report and "Command:" in report
+    # the retrieval diagnostic and the confidence of every Extended Mind answer, summarised per condition
+    for r in result["records"]:
+        has = r["condition"] in ("extended_mind", "extended_mind_rag") or r["condition"].startswith("ablation:")
+        assert ("diagnostic" in r) == has, r["condition"]
+        if has:
+            for span in ("sentence", "answer"):
+                d = r["diagnostic"][span]
+                assert len(d["recall_by_layer"]) in (30, 15) and 0 <= d["recall"] <= d["best_recall"] <= 1
+                assert d["verdict"] in ("retrieved", "not retrieved") and d["span_memories"] >= 1
+            assert 0 < r["confidence"]["probability"] <= 1 and 0 <= r["confidence"]["memory_attention"] <= 1
+    summary = result["diagnostics"]["extended_mind"]
+    for span in ("sentence", "answer"):
+        e = summary[span]
+        assert e["right"] + e["wrong_not_retrieved"] + e["wrong_retrieved"] == n
+    assert summary["thresholds"][0]["answered"] + summary["thresholds"][0]["not_found"] == n
+    assert [e["value"] for e in result["ablations"]["bank_dtype"]] == ["float32", "int8"]
+    assert set(result["paired_ablations"]) >= {"bank_dtype: int8 - float32", "skip_memories: first - none"}
+    assert "## Retrieval diagnostic" in report and "## Confidence" in report
 
 
 def test_threads_hold_for_the_run_and_are_restored_after_it(monkeypatch, tmp_path):

@@ -57,7 +57,8 @@ def test_ask_json_answers_from_memory_and_cites_the_fact(bank_file, document, ca
     assert len(lines) == len(fictional)
     for line, (fact, offset) in zip(lines, fictional):
         result = json.loads(line)
-        assert set(result) == {"question", "answer", "citations"}
+        assert set(result) == {"question", "answer", "citations", "confidence"}
+        assert 0 < result["confidence"]["score"] <= 1 and result["confidence"]["entropy"] >= 0
         assert result["question"] == fact.question
         # the answer is an invented word that appears only in the document, which is not in the prompt
         assert fact.answer.lower() in result["answer"].lower()
@@ -73,6 +74,42 @@ def test_ask_from_document_prints_answers(document, patched_loader, capsys):
     assert commands.main(["ask", "--doc", str(path), *BUILD, "--max-new-tokens", "24", fact.question]) == 0
     out = capsys.readouterr().out
     assert f"Q: {fact.question}" in out and "A: " in out and "[1] chars" in out
+
+
+def test_ask_evidence_diagnostic_and_min_confidence(bank_file, document, capsys):
+    """--evidence prints the retrieval diagnostic of the span holding the answer; --min-confidence 1 turns
+    every answer into "not found in the document" (no answer has probability 1), 0 keeps them."""
+    doc, _ = document
+    fact = next(f for f in doc.facts if f.kind == "fictional")
+    capsys.readouterr()
+    assert commands.main(["ask", "--bank", str(bank_file), "--json", "--max-new-tokens", "16", "--evidence",
+                          fact.answer, "--min-confidence", "0", fact.question]) == 0
+    result = json.loads(capsys.readouterr().out)
+    d = result["diagnostic"]
+    assert result["found"] is True and d["evidence"] == fact.answer and d["verdict"] == "retrieved"
+    assert len(d["recall_by_layer"]) == 30 and d["best_recall"] > d["chance"]
+    assert commands.main(["ask", "--bank", str(bank_file), "--max-new-tokens", "16", "--min-confidence", "1",
+                          "--evidence", fact.answer, fact.question]) == 0
+    out = capsys.readouterr().out
+    assert "A: not found in the document" in out and "recall@k by layer: 0:" in out
+    code, err = _run(["ask", "--bank", str(bank_file), "--evidence", "no such words in it", fact.question], capsys)
+    assert code == 2 and "--evidence" in err and "does not occur" in err
+    code, err = _run(["ask", "--bank", str(bank_file), "--evidence", "a", "--evidence", "b", "--evidence", "c", "q?", "r?"], capsys)
+    assert code == 2 and "once per question" in err
+
+
+def test_build_int8_bank_is_a_quarter_and_answers(document, patched_loader, tmp_path, capsys):
+    doc, path = document
+    out = tmp_path / "doc8.bank"
+    assert commands.main(["build", "--doc", str(path), "--out", str(out), "--dtype", "int8", *BUILD]) == 0
+    from thermoai.memory import MemoryBank
+
+    bank = MemoryBank.load(out)
+    assert bank.quantized and bank.nbytes < 0.3 * len(bank) * 2 * 30 * 3 * 64 * 4
+    fact = next(f for f in doc.facts if f.kind == "fictional")
+    capsys.readouterr()
+    assert commands.main(["ask", "--bank", str(out), "--json", "--max-new-tokens", "24", fact.question]) == 0
+    assert fact.answer.lower() in json.loads(capsys.readouterr().out)["answer"].lower()
 
 
 def _run(args, capsys):

@@ -354,3 +354,27 @@ def test_bank_built_while_attached_ignores_the_mind(tiny, doc_ids):
     with attach(tiny, plain, topk=5):
         again = MemoryBank.build(tiny, ids=doc_ids[:30], window=16, stride=8, progress=False)
     torch.testing.assert_close(again.keys, plain.keys, atol=0, rtol=0)
+
+
+def test_skip_first_memory_equals_a_bank_without_it(tiny, doc_ids):
+    """skip_memories="first" retrieves exactly as a bank cut to its other memories would, and the
+    recorded indices are those of the whole bank (the skipped one never appears)."""
+    from dataclasses import replace
+
+    bank = MemoryBank.build(tiny, ids=doc_ids[:40], progress=False)
+    cut = replace(bank, keys=bank.keys[:, :, 1:], values=bank.values[:, :, 1:], token_ids=bank.token_ids[1:],
+                  positions=bank.positions[1:], char_spans=bank.char_spans[1:])
+    prompt = doc_ids[None, 40:52]
+    with attach(tiny, cut, topk=6, record=True) as mind:
+        expected = tiny(prompt).logits
+        expected_idx = [i + 1 for _, i, _ in mind.steps[0]]
+    with attach(tiny, bank, topk=6, record=True, skip_memories="first") as mind:
+        got = tiny(prompt).logits
+        got_idx = [i for _, i, _ in mind.steps[0]]
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
+    assert all(torch.equal(a, b) for a, b in zip(got_idx, expected_idx))
+    assert all((i != 0).all() for i in got_idx)
+    with attach(tiny, bank, topk=6) as mind:
+        assert not torch.equal(tiny(prompt).logits, got)  # the first memory mattered
+    with pytest.raises(ValueError, match="skip_memories"):
+        attach(tiny, bank, skip_memories="all")

@@ -163,3 +163,66 @@ def test_failed_save_leaves_nothing(tiny, doc_ids, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         bank.save(target)
     assert os.listdir(tmp_path) == ["doc.safetensors"] and target.read_bytes() == before
+
+
+def test_int8_and_bfloat16_banks_round_trip_and_stay_close(tiny, doc_ids, tmp_path):
+    """int8 with per-vector scales: each element within half a scale step of float32; saved and loaded
+    as int8 (a quarter of the bytes plus scales); attached, the logits stay close to the float32 bank's."""
+    from thermoai.memory import attach
+    from thermoai.memory.bank import quantize_int8
+
+    full = MemoryBank.build(tiny, ids=doc_ids[:40], progress=False)
+    small = MemoryBank.build(tiny, ids=doc_ids[:40], dtype="int8", progress=False)
+    half = MemoryBank.build(tiny, ids=doc_ids[:40], dtype=torch.bfloat16, progress=False)
+    assert small.keys.dtype == torch.int8 and small.key_scales.shape == (3, 2, 40) and half.keys.dtype == torch.bfloat16
+    keys, values = small.layer(1)
+    assert ((keys - full.keys[1]).abs() <= small.key_scales[1][..., None] / 2 + 1e-7).all()
+    assert ((values - full.values[1]).abs() <= small.value_scales[1][..., None] / 2 + 1e-7).all()
+    q, scale = quantize_int8(full.keys)
+    assert torch.equal(q, small.keys) and q.abs().max() == 127
+    assert small.nbytes == full.nbytes // 4 + 2 * 3 * 2 * 40 * 4
+    loaded = MemoryBank.load(small.save(tmp_path / "b8.safetensors"), model=tiny)
+    assert loaded.quantized and torch.equal(loaded.keys, small.keys) and torch.equal(loaded.value_scales, small.value_scales)
+    assert torch.equal(loaded.to(dtype=torch.float32).keys[1], keys)
+    prompt = doc_ids[None, 40:60]
+    outs = {}
+    for name, bank in (("full", full), ("int8", loaded), ("bf16", half)):
+        with attach(tiny, bank, topk=8):
+            outs[name] = tiny(prompt).logits
+    assert (outs["int8"] - outs["full"]).abs().max() < 0.05 and (outs["bf16"] - outs["full"]).abs().max() < 0.05
+    with pytest.raises(ValueError, match="dtype"):
+        MemoryBank.build(tiny, ids=doc_ids[:40], dtype="int4", progress=False)
+
+
+def test_int8_bank_without_scales_is_refused(tiny, doc_ids, tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = MemoryBank.build(tiny, ids=doc_ids[:20], dtype="int8", progress=False).save(tmp_path / "b.safetensors")
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {k: handle.get_tensor(k) for k in handle.keys() if k != "value_scales"}
+    save_file(tensors, str(path), metadata=metadata)
+    with pytest.raises(ValueError, match="value_scales"):
+        MemoryBank.load(path, verify=False)
+
+
+def test_progress_bar_counts_document_tokens(tiny, doc_ids, monkeypatch):
+    """The bar's total is the document's length in tokens (not the overlapping token-forwards)."""
+    import tqdm.auto
+
+    seen = {}
+
+    class Bar:
+        def __init__(self, total, **kwargs):
+            seen["total"], seen["done"], seen["desc"] = total, 0, kwargs.get("desc")
+
+        def update(self, n):
+            seen["done"] += n
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    MemoryBank.build(tiny, ids=doc_ids, window=32, stride=8, progress=True)
+    assert seen["total"] == seen["done"] == 80 and "document tokens" in seen["desc"]

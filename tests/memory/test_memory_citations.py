@@ -64,3 +64,22 @@ def test_citations_need_recording(tiny, doc_ids):
             mind.citations()
         with pytest.raises(ValueError, match="top"):
             cite(mind, top=0)
+
+
+def test_answer_citations_subtract_the_content_free_baseline(tiny, doc_ids):
+    """With the baseline, a memory's reported contribution is its value-weighted attention minus what a
+    BOS query gives it; without, it is the raw contribution; both come from the same records."""
+    from thermoai.memory.citations import answer_citations, baseline_contributions, contributions
+
+    bank = MemoryBank.build(tiny, ids=doc_ids[:40], progress=False)
+    with attach(tiny, bank, topk=5, record=True) as mind:
+        tiny(doc_ids[None, 40:50])
+        raw = contributions(mind)
+        base = baseline_contributions(mind)
+        assert len(mind.steps) == 1  # the baseline's forward is not added to the records
+        cited = answer_citations(mind, top=40, merge_gap=1, baseline=True)
+        plain = answer_citations(mind, top=40, merge_gap=1, baseline=False)
+    excess = (raw - base).clamp_min(0)
+    assert sum(c.weight for c in cited) == pytest.approx(float(excess.sum()), rel=1e-5)
+    assert sum(c.weight for c in plain) == pytest.approx(float(raw.sum()), rel=1e-5)
+    assert base.sum() > 0 and 0 < (raw > 0).sum() <= 5 * 4 * 3  # at most k x heads x layers memories

@@ -77,6 +77,11 @@ class BenchmarkConfig:
     ablate_position_modes: tuple[str, ...] = ("first", "original", "constant", "none")
     ablate_layer_fractions: tuple[float, ...] = (0.25, 0.5, 1.0)
     ablate_topk: tuple[int, ...] = (2, 5, 10, 20)
+    ablate_bank_dtypes: tuple[str, ...] = ()  # e.g. ("float32", "bfloat16", "int8"): storage of the bank
+    ablate_skip_memories: tuple[str, ...] = ()  # e.g. ("none", "first"): memories left out of retrieval
+    skip_memories: str = "none"  # reference: every memory (special tokens removed at build) retrieves
+    bank_dtype: str | None = None  # storage of the bank's keys/values (None: the model's dtype)
+    diagnose: bool = True  # retrieval diagnostic and confidence of every Extended Mind answer
     truncate_tokens: int = 2000
     rag_chunk_tokens: int = 256
     rag_top_chunks: int = 4
@@ -93,7 +98,8 @@ class BenchmarkConfig:
 SIZES: dict[str, BenchmarkConfig] = {
     "quick": BenchmarkConfig(lengths=(400,), docs_per_length=1, facts_per_doc=2, window=128, stride=64,
                              ablation_length=None, truncate_tokens=150, rag_chunk_tokens=64, rag_top_chunks=2, max_new_tokens=16,
-                             ablate_position_modes=("none",), ablate_layer_fractions=(0.5,), ablate_topk=(2,)),
+                             ablate_position_modes=("none",), ablate_layer_fractions=(0.5,), ablate_topk=(2,),
+                             ablate_bank_dtypes=("float32", "int8"), ablate_skip_memories=("none", "first")),
     "small": BenchmarkConfig(),
     "full": BenchmarkConfig(docs_per_length=5, facts_per_doc=16, batch_size=16, dtype="bfloat16", jobs=2),
 }
@@ -175,12 +181,14 @@ def _prefix_cache(model, prefix: list[int], device):
 
 @torch.no_grad()
 def generate_batch(model, tokenizer, suffixes: Sequence[Sequence[int]], *, prefix: Sequence[int] = (),
-                   prefix_cache=None, max_new_tokens: int = 24, device="cpu") -> list[str]:
+                   prefix_cache=None, max_new_tokens: int = 24, device="cpu", details: bool = False) -> list:
     """Greedy answers for ``prefix + suffixes[i]``, all in one left-padded batch.
 
     A shared ``prefix`` (the document) is run once (or taken from ``prefix_cache``, a ``DynamicCache``
     holding exactly it) and its keys/values are repeated over the batch; the padding of each suffix
     then sits between the prefix and the suffix, masked out, with positions continuing the prefix.
+    With ``details`` each answer is a dict ``{"text", "ids", "logp", "entropy"}``: the generated ids before
+    the end token, and per step the chosen token's log-probability and the next-token entropy (nats).
     """
     from transformers import DynamicCache
 
@@ -205,11 +213,16 @@ def generate_batch(model, tokenizer, suffixes: Sequence[Sequence[int]], *, prefi
     step = ids
     out = torch.empty((b, 0), dtype=torch.long, device=device)
     finished = torch.zeros(b, dtype=torch.bool, device=device)
+    logps, entropies = [], []
     for _ in range(max_new_tokens):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -step.shape[1]:]
         logits = model(input_ids=step, attention_mask=mask, position_ids=positions, past_key_values=cache,
                        use_cache=True, logits_to_keep=1).logits[:, -1]
         token = logits.argmax(-1)
+        if details:
+            logp = torch.log_softmax(logits.float(), -1)
+            logps.append(logp.gather(1, token[:, None]).squeeze(1).cpu())
+            entropies.append(-(logp.exp() * logp).sum(-1).cpu())
         token = torch.where(finished, torch.full_like(token, eos), token)
         finished |= token == eos
         out = torch.cat([out, token[:, None]], 1)
@@ -217,7 +230,15 @@ def generate_batch(model, tokenizer, suffixes: Sequence[Sequence[int]], *, prefi
         step = token[:, None]
         if bool(finished.all()):
             break
-    return [tokenizer.decode(row[row != eos].tolist(), skip_special_tokens=True).strip() for row in out.cpu()]
+    texts = [tokenizer.decode(row[row != eos].tolist(), skip_special_tokens=True).strip() for row in out.cpu()]
+    if not details:
+        return texts
+    result = []
+    for i, row in enumerate(out.cpu().tolist()):
+        n = next((t for t, tok in enumerate(row) if tok == eos), len(row))
+        result.append({"text": texts[i], "ids": row[:n], "logp": [float(x[i]) for x in logps[:max(1, n)]],
+                       "entropy": [float(x[i]) for x in entropies[:max(1, n)]]})
+    return result
 
 
 def _batches(items: list, size: int):
@@ -366,8 +387,14 @@ class _Worker:
         rag_contexts = [rag.context(f.question, cfg.rag_top_chunks) for _, f in questions] if rag else None
 
         def record(condition, answers, setting=None, asked=questions):
-            for (i, fact), answer in zip(asked, answers):
-                records.append({"length": length, "doc": doc_index, "fact": i, "condition": condition,
+            more = list(extras)
+            extras.clear()
+            for n, ((i, fact), answer) in enumerate(zip(asked, answers)):
+                if more:
+                    records.append(more[n])
+                else:
+                    records.append({})
+                records[-1].update({"length": length, "doc": doc_index, "fact": i, "condition": condition,
                                 "setting": setting, "question": fact.question, "expected": fact.answer,
                                 "kind": fact.kind, "generated": answer,
                                 "correct": is_correct(fact.answer, answer),
@@ -379,22 +406,35 @@ class _Worker:
             timings["generate_s"][condition] = timings["generate_s"].get(condition, 0.0) + time.perf_counter() - t0
             return answers
 
-        def ask(contexts, asked=questions):
-            """contexts: None (question alone), one shared context, or one context per question."""
+        def ask(contexts, asked=questions, mind=None):
+            """contexts: None (question alone), one shared context, or one context per question. With an
+            Extended Mind ``mind`` (recording), each answer also gets its retrieval diagnostic and confidence
+            (kept in ``extras``, one dict per question)."""
+            diagnose_now = mind is not None and cfg.diagnose
             if contexts is None or isinstance(contexts, str):
                 prefix, _ = prompter.build(contexts, "")
                 suffixes = [prompter.build(contexts, f.question)[1] for _, f in asked]
                 cache = _prefix_cache(model, prefix, device)
-                answers = []
-                for chunk in _batches(suffixes, cfg.batch_size):
-                    answers += generate_batch(model, tokenizer, chunk, prefix=prefix, prefix_cache=cache,
-                                              max_new_tokens=cfg.max_new_tokens, device=device)
-                return answers
-            prompts = [sum(prompter.build(c, f.question), []) for c, (_, f) in zip(contexts, asked)]
-            answers = []
-            for chunk in _batches(prompts, cfg.batch_size):
-                answers += generate_batch(model, tokenizer, chunk, max_new_tokens=cfg.max_new_tokens, device=device)
+                kwargs = dict(prefix=prefix, prefix_cache=cache)
+            else:
+                suffixes = [sum(prompter.build(c, f.question), []) for c, (_, f) in zip(contexts, asked)]
+                kwargs = {}
+            answers, start = [], 0
+            for chunk in _batches(suffixes, cfg.batch_size):
+                if diagnose_now:
+                    mind.reset_citations()
+                got = generate_batch(model, tokenizer, chunk, max_new_tokens=cfg.max_new_tokens, device=device,
+                                     details=diagnose_now, **kwargs)
+                if diagnose_now:
+                    for row, item in enumerate(got):
+                        i, fact = asked[start + row]
+                        extras.append(_diagnostic(mind, tokenizer, doc, i, fact, item, row))
+                    got = [item["text"] for item in got]
+                answers += got
+                start += len(chunk)
             return answers
+
+        extras: list[dict] = []
 
         if "no_document" in cfg.conditions:
             record("no_document", timed("no_document", lambda: ask(None)))
@@ -410,26 +450,34 @@ class _Worker:
 
         if {"extended_mind", "extended_mind_rag"} & set(cfg.conditions) or (self.ablations and ablation_questions):
             t0 = time.perf_counter()
-            bank = MemoryBank.build(model, tokenizer, text=doc.text, window=cfg.window, stride=cfg.stride, progress=False)
+            bank = MemoryBank.build(model, tokenizer, text=doc.text, window=cfg.window, stride=cfg.stride, progress=False,
+                                    dtype=cfg.bank_dtype)
             timings["bank_build_s"] += time.perf_counter() - t0
             timings["bank_tokens"] += bank.n_positions
             layers = evenly_spaced_layers(self.n_layers, cfg.layer_fraction)
             memo: dict = {}  # ablation settings equal to the main setting reuse its answers
-            with attach(model, bank, topk=cfg.topk, layers=layers, position_mode=cfg.position_mode):
+            main = dict(topk=cfg.topk, layers=layers, position_mode=cfg.position_mode, skip_memories=cfg.skip_memories,
+                        bank_dtype=cfg.bank_dtype)
+            with attach(model, bank, record=cfg.diagnose, **_attach_options(main)) as mind:
                 if "extended_mind" in cfg.conditions:
-                    answers = timed("extended_mind", lambda: ask(None))
+                    answers = timed("extended_mind", lambda: ask(None, mind=mind))
+                    memo[_setting_key(main)] = (answers, [dict(e) for e in extras])
                     record("extended_mind", answers)
-                    memo[_setting_key(cfg.topk, cfg.position_mode, layers)] = answers
                 if "extended_mind_rag" in cfg.conditions:
-                    record("extended_mind_rag", timed("extended_mind_rag", lambda: ask(rag_contexts)))
+                    record("extended_mind_rag", timed("extended_mind_rag", lambda: ask(rag_contexts, mind=mind)))
             if ablation_questions:
                 asked = questions[:ablation_questions]
                 for name, value, options in self.ablations:
-                    key = _setting_key(options["topk"], options["position_mode"], options["layers"])
+                    key = _setting_key(options)
                     if key not in memo:
-                        with attach(model, bank, **options):
-                            memo[key] = timed(f"ablation:{name}", lambda: ask(None, asked))
-                    record(f"ablation:{name}", memo[key][:ablation_questions], value, asked)
+                        use = bank if options.get("bank_dtype") in (None, cfg.bank_dtype) else bank.to(dtype=options["bank_dtype"])
+                        with attach(model, use, record=cfg.diagnose, **_attach_options(options)) as mind:
+                            answers = timed(f"ablation:{name}", lambda: ask(None, asked, mind=mind))
+                            memo[key] = (answers, [dict(e) for e in extras])
+                            extras.clear()
+                    answers, more = memo[key]
+                    extras[:] = [dict(e) for e in more[:ablation_questions]]
+                    record(f"ablation:{name}", answers[:ablation_questions], value, asked)
         return records, timings
 
 
@@ -449,14 +497,49 @@ def _worker_document(item) -> tuple[tuple[int, int], tuple[list, dict]]:
     return (length, index), _WORKER.document(length, index, doc, ablation_questions)
 
 
-def _setting_key(topk, position_mode, layers) -> tuple:
+def _setting_key(options: dict) -> tuple:
     from thermoai.memory import canonical_position_mode
 
-    return int(topk), canonical_position_mode(position_mode), tuple(layers)
+    return (int(options["topk"]), canonical_position_mode(options["position_mode"]), tuple(options["layers"]),
+            options.get("skip_memories", "none"), options.get("bank_dtype"))
+
+
+def _attach_options(options: dict) -> dict:
+    """The ``attach`` keywords of an ablation setting (the bank's dtype is applied to the bank)."""
+    return {k: v for k, v in options.items() if k != "bank_dtype"}
+
+
+def _diagnostic(mind, tokenizer, doc: Document, i: int, fact, item: dict, row: int) -> dict:
+    """Retrieval diagnostic and confidence of one Extended Mind answer (batch ``row`` of the records).
+
+    Steps: those that wrote the expected answer when the output holds it (``answer_steps``), else all the
+    answer's tokens. Spans: the fact's sentence, and the answer's words inside it.
+    """
+    from thermoai.memory.confidence import memory_attention
+    from thermoai.memory.diagnostics import answer_steps, diagnose, span_memories
+
+    n = max(1, len(item["ids"]))
+    steps = answer_steps(tokenizer, item["ids"], fact.answer) or slice(0, n)
+    steps = slice(steps.start, max(steps.start + 1, steps.stop))
+    offset = doc.fact_offsets[i]
+    start = doc.text.find(fact.answer, offset)
+    out: dict = {"diagnostic": {}}
+    for name, (a, b) in (("sentence", (offset, offset + len(fact.statement))), ("answer", (start, start + len(fact.answer)))):
+        summary = diagnose(mind, span_memories(mind.bank, a, b), row=row, steps=steps).summary(3)
+        summary.pop("layers")
+        summary.pop("mass_by_layer")
+        out["diagnostic"][name] = summary
+    logp = torch.tensor(item["logp"][:n])
+    conf = {"probability": round(float(logp.mean().exp()), 4), "min_probability": round(float(logp.min().exp()), 4),
+            "entropy": round(sum(item["entropy"][:n]) / n, 4)}
+    conf["memory_attention"] = round(memory_attention(mind, steps=n, row=row), 4)
+    out["confidence"] = conf
+    return out
 
 
 def _ablation_settings(cfg: BenchmarkConfig, n_layers: int) -> list[tuple[str, object, dict]]:
-    base = dict(topk=cfg.topk, position_mode=cfg.position_mode, layers=evenly_spaced_layers(n_layers, cfg.layer_fraction))
+    base = dict(topk=cfg.topk, position_mode=cfg.position_mode, layers=evenly_spaced_layers(n_layers, cfg.layer_fraction),
+                skip_memories=cfg.skip_memories, bank_dtype=cfg.bank_dtype)
     settings = []
     for mode in cfg.ablate_position_modes:
         settings.append(("position_mode", mode, {**base, "position_mode": mode}))
@@ -464,6 +547,10 @@ def _ablation_settings(cfg: BenchmarkConfig, n_layers: int) -> list[tuple[str, o
         settings.append(("layer_fraction", fraction, {**base, "layers": evenly_spaced_layers(n_layers, fraction)}))
     for k in cfg.ablate_topk:
         settings.append(("topk", k, {**base, "topk": int(k)}))
+    for dtype in cfg.ablate_bank_dtypes:
+        settings.append(("bank_dtype", dtype, {**base, "bank_dtype": dtype}))
+    for skip in cfg.ablate_skip_memories:
+        settings.append(("skip_memories", skip, {**base, "skip_memories": skip}))
     return settings
 
 
@@ -509,6 +596,74 @@ def paired_differences(records: list[dict], a: str, b: str, kind: str | None = N
             "b_only": sum(x < 0 for x in diffs)}
 
 
+def _diagnostic_summary(rows: list[dict]) -> dict:
+    """Per condition: how many answers were right, wrong with the fact not retrieved, wrong although
+    retrieved (``classify`` on the fact's sentence and on the answer's words), mean recall@k per layer
+    and attention on the span for right and wrong answers, and the confidence signals' separation."""
+    rows = [r for r in rows if "diagnostic" in r]
+    out: dict = {"n": len(rows)}
+    for span in ("sentence", "answer"):
+        right = [r for r in rows if r["correct"]]
+        wrong = [r for r in rows if not r["correct"]]
+        entry = {"right": len(right),
+                 "wrong_not_retrieved": sum(r["diagnostic"][span]["verdict"] == "not retrieved" for r in wrong),
+                 "wrong_retrieved": sum(r["diagnostic"][span]["verdict"] == "retrieved" for r in wrong),
+                 "right_retrieved": sum(r["diagnostic"][span]["verdict"] == "retrieved" for r in right)}
+        for name, group in (("right", right), ("wrong", wrong)):
+            if group:
+                layers = len(group[0]["diagnostic"][span]["recall_by_layer"])
+                entry[f"recall_by_layer_{name}"] = [round(sum(r["diagnostic"][span]["recall_by_layer"][l] for r in group)
+                                                          / len(group), 3) for l in range(layers)]
+                for key in ("recall", "best_recall", "chance", "span_mass", "memory_share"):
+                    entry[f"{key}_{name}"] = round(sum(r["diagnostic"][span][key] for r in group) / len(group), 4)
+        out[span] = entry
+    signals = {}
+    for name, sign in (("probability", 1), ("min_probability", 1), ("entropy", -1), ("memory_attention", 1)):
+        scores = [(sign * r["confidence"][name], r["correct"]) for r in rows]
+        signals[name] = {"auroc": _auroc(scores)}
+    out["confidence"] = signals
+    out["thresholds"] = [_precision_recall(rows, t) for t in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)]
+    return out
+
+
+def _auroc(scores: list[tuple[float, bool]]) -> float | None:
+    """Probability that a right answer scores above a wrong one (ties count half)."""
+    pos = [s for s, c in scores if c]
+    neg = [s for s, c in scores if not c]
+    if not pos or not neg:
+        return None
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return round(wins / (len(pos) * len(neg)), 4)
+
+
+def _precision_recall(rows: list[dict], threshold: float) -> dict:
+    """Answering only when the confidence score (probability) >= threshold: precision = accuracy of the
+    answers given, recall = share of the right answers kept, and how often "not found" is said."""
+    kept = [r for r in rows if r["confidence"]["probability"] >= threshold]
+    right = sum(r["correct"] for r in rows)
+    kept_right = sum(r["correct"] for r in kept)
+    return {"threshold": threshold, "answered": len(kept), "not_found": len(rows) - len(kept),
+            "precision": round(kept_right / len(kept), 4) if kept else None,
+            "recall": round(kept_right / right, 4) if right else None}
+
+
+def _paired_ablations(records: list[dict], ablations) -> dict:
+    """Each ablation value minus the first value of its ablation, paired on the same questions."""
+    out: dict = {}
+    names = []
+    for name, value, _ in ablations:
+        if name not in names:
+            names.append(name)
+    for name in names:
+        values = [v for n, v, _ in ablations if n == name]
+        rows = [r for r in records if r["condition"] == f"ablation:{name}"]
+        for value in values[1:]:
+            a = [dict(r, condition=str(value)) for r in rows if r["setting"] == value]
+            b = [dict(r, condition=str(values[0])) for r in rows if r["setting"] == values[0]]
+            out[f"{name}: {value} - {values[0]}"] = paired_differences(a + b, str(value), str(values[0]))
+    return out
+
+
 def _summarise(cfg, documents, records, ablations, ablation_length, timings, n_layers) -> dict:
     table: dict[str, dict[str, dict]] = {}
     for condition in cfg.conditions:
@@ -526,6 +681,8 @@ def _summarise(cfg, documents, records, ablations, ablation_length, timings, n_l
         if name == "layer_fraction":
             entry["layers"] = options["layers"]
         ablation_table.setdefault(name, []).append(entry)
+    diagnostics = {c: _diagnostic_summary([r for r in records if r["condition"] == c]) for c in
+                   sorted({r["condition"] for r in records if "diagnostic" in r})}
     doc_tokens = {str(n): [d.n_tokens for d in docs] for n, docs in documents.items()}
     n_questions = sum(len(d.facts) for docs in documents.values() for d in docs)
     return {
@@ -541,6 +698,8 @@ def _summarise(cfg, documents, records, ablations, ablation_length, timings, n_l
                    for a, b in PAIRS if a in cfg.conditions and b in cfg.conditions},
         "ablation_length": ablation_length,
         "ablations": ablation_table,
+        "diagnostics": diagnostics,
+        "paired_ablations": _paired_ablations(records, ablations),
         "timings": {"bank_build_s": round(timings["bank_build_s"], 1), "bank_tokens": timings["bank_tokens"],
                     "bank_tokens_per_s": round(timings["bank_tokens"] / timings["bank_build_s"], 1) if timings["bank_build_s"] else None,
                     "generate_s": {k: round(v, 1) for k, v in timings["generate_s"].items()}},
@@ -613,6 +772,7 @@ def _write(out_dir: Path, result: dict) -> None:
                     value = f"{value:g} ({len(e['layers'])} layers)"
                 lines.append(f"| {value} | {_cell(e)} |")
             lines.append("")
+    lines += _diagnostic_lines(result, cfg)
     t = result["timings"]
     lines += [
         "## Cost",
@@ -627,6 +787,81 @@ def _write(out_dir: Path, result: dict) -> None:
     (out_dir / "emt_benchmark.md").write_text("\n".join(lines))
     (out_dir / "emt_benchmark.json").write_text(json.dumps(result, indent=1, default=str))
     _plot(out_dir / "emt_benchmark.png", result)
+
+
+def _diagnostic_lines(result: dict, cfg: dict) -> list[str]:
+    lines: list[str] = []
+    diagnostics = result.get("diagnostics") or {}
+    if diagnostics:
+        lines += ["## Retrieval diagnostic", "",
+                  "For every Extended Mind answer, per answer step, layer and head: do the top-k memories include the "
+                  "span that holds the answer (recall@k), and how much attention does it get "
+                  "(`thermoai.memory.diagnostics`). Steps: those that wrote the expected answer when the output "
+                  "holds it, else all the answer's tokens. A span counts as *retrieved* when in some layer at least "
+                  "half of the (step, head) pairs have it in their top-k. Spans: the fact's sentence, and the "
+                  "answer's words in it. Chance: a random top-k.", "",
+                  "| condition | span | right | wrong, not retrieved | wrong, retrieved (not used) | recall@k right / wrong "
+                  "(best layer) | chance | attention on the span right / wrong | its share of memory attention right / wrong |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for condition, d in diagnostics.items():
+            label = _label(condition, cfg) if condition in _LABELS else condition
+            for span in ("sentence", "answer"):
+                e = d[span]
+                g = lambda key, side: e.get(f"{key}_{side}")  # noqa: E731
+                fmt = lambda x, f: "–" if x is None else format(x, f)  # noqa: E731
+                lines.append(
+                    f"| {label} | {span} | {e['right']} | {e['wrong_not_retrieved']} | {e['wrong_retrieved']} | "
+                    f"{fmt(g('recall', 'right'), '.2f')} ({fmt(g('best_recall', 'right'), '.2f')}) / "
+                    f"{fmt(g('recall', 'wrong'), '.2f')} ({fmt(g('best_recall', 'wrong'), '.2f')}) | "
+                    f"{fmt(g('chance', 'wrong') or g('chance', 'right'), '.3f')} | "
+                    f"{fmt(g('span_mass', 'right'), '.4f')} / {fmt(g('span_mass', 'wrong'), '.4f')} | "
+                    f"{fmt(g('memory_share', 'right'), '.3f')} / {fmt(g('memory_share', 'wrong'), '.3f')} |")
+        lines.append("")
+        main = diagnostics.get("extended_mind")
+        if main:
+            lines += ["Recall@k of the answer's words by layer (Extended Mind alone; right / wrong answers):", "",
+                      "| layer | " + " | ".join(str(i) for i in range(len(main["answer"].get("recall_by_layer_wrong") or
+                                                                           main["answer"].get("recall_by_layer_right") or [])))
+                      + " |"]
+            width = len(main["answer"].get("recall_by_layer_wrong") or main["answer"].get("recall_by_layer_right") or [])
+            lines.append("|---|" + "---|" * width)
+            for side in ("right", "wrong"):
+                values = main["answer"].get(f"recall_by_layer_{side}")
+                if values:
+                    lines.append(f"| {side} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
+            lines.append("")
+        lines += ["## Confidence", "",
+                  "How well each signal of `thermoai.memory.confidence` separates right from wrong Extended Mind answers "
+                  "(AUROC: the probability that a right answer scores higher; 0.5 is no better than chance; entropy "
+                  "counts lower as more confident).", "",
+                  "| condition | n | " + " | ".join(("probability", "min_probability", "entropy", "memory_attention")) + " |",
+                  "|---|---|---|---|---|---|"]
+        for condition, d in diagnostics.items():
+            label = _label(condition, cfg) if condition in _LABELS else condition
+            cells = [("–" if d["confidence"][k]["auroc"] is None else f"{d['confidence'][k]['auroc']:.3f}")
+                     for k in ("probability", "min_probability", "entropy", "memory_attention")]
+            lines.append(f"| {label} | {d['n']} | " + " | ".join(cells) + " |")
+        lines += ["", "Saying \"not found in the document\" below a threshold on the confidence score (geometric-mean "
+                  "probability of the answer's tokens; `thermoai memory ask --min-confidence P`): precision = accuracy of "
+                  "the answers given, recall = share of the right answers kept.", "",
+                  "| condition | threshold | answered | not found | precision | recall |", "|---|---|---|---|---|---|"]
+        for condition, d in diagnostics.items():
+            label = _label(condition, cfg) if condition in _LABELS else condition
+            for t in d["thresholds"]:
+                p = "–" if t["precision"] is None else f"{100 * t['precision']:.1f} %"
+                r = "–" if t["recall"] is None else f"{100 * t['recall']:.1f} %"
+                lines.append(f"| {label} | {t['threshold']:g} | {t['answered']} | {t['not_found']} | {p} | {r} |")
+        lines.append("")
+    paired = {k: v for k, v in (result.get("paired_ablations") or {}).items() if v}
+    if paired:
+        lines += ["## Ablations, paired", "", "Each setting minus the ablation's first setting on the same questions "
+                  "(points ± SE; in brackets questions only the first (only the second) got right).", "",
+                  "| comparison | difference |", "|---|---|"]
+        for name, e in paired.items():
+            lines.append(f"| {name} | {100 * e['difference']:+.1f} ± {100 * e['stderr']:.1f} ({e['a_only']} / "
+                         f"{e['b_only']} of {e['n']}) |")
+        lines.append("")
+    return lines
 
 
 def _plot(path: Path, result: dict) -> None:
@@ -680,6 +915,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ablate-position-modes", nargs="*")
     parser.add_argument("--ablate-layer-fractions", type=float, nargs="*")
     parser.add_argument("--ablate-topk", type=int, nargs="*")
+    parser.add_argument("--ablate-bank-dtypes", nargs="*", choices=["float32", "bfloat16", "int8"])
+    parser.add_argument("--ablate-skip-memories", nargs="*", choices=["none", "first", "sinks"])
+    parser.add_argument("--skip-memories", choices=["none", "first", "sinks"])
+    parser.add_argument("--bank-dtype", choices=["float32", "bfloat16", "int8"])
     parser.add_argument("--max-new-tokens", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--seed", type=int)
@@ -704,96 +943,3 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     raise SystemExit(main())
 
-
-# ------------------------------------------------------------------------------- for `thermoai reproduce`
-
-TITLE = "Extended Mind on counterfactual long-document questions, against RAG and long context"
-PAPER = "emt"
-RUN_TIME = {"quick": 90, "full": 2300}  # seconds on 2 CPU cores (docs/results: 2256 s)
-# run() keywords per mode of `thermoai reproduce`: one torch thread (two oversubscribe a busy 2-core machine:
-# the quick run took 612 s with them, 17 s the smoke run with one); smoke, the tiniest run, for the test of the
-# whole report: two conditions, no ablations
-REPRODUCE = {"quick": {"quick": True, "threads": 1},
-             "smoke": {"quick": True, "threads": 1, "conditions": ("no_document", "extended_mind"),
-                       "ablate_position_modes": (), "ablate_layer_fractions": (), "ablate_topk": (), "max_new_tokens": 8}}
-
-
-def _pooled(entries: list) -> dict | None:
-    """Accuracy over several ``_accuracy`` entries (``None`` entries skipped)."""
-    entries = [e for e in entries if e]
-    n = sum(e["total"] for e in entries)
-    if not n:
-        return None
-    correct = sum(e["correct"] for e in entries)
-    return {"correct": correct, "total": n, "accuracy": correct / n, "stderr": _stderr(correct / n, n)}
-
-
-def _gap(a: dict, b: dict) -> tuple[float, float]:
-    """Difference of two accuracies in points and its (unpaired) standard error."""
-    return 100 * (a["accuracy"] - b["accuracy"]), 100 * math.hypot(a["stderr"], b["stderr"])
-
-
-def headline(result: dict) -> dict:
-    """The report's verdicts (``[{claim, verdict, reason}]``) and headline table, computed from the numbers of
-    ``emt_benchmark.json`` alone (accuracies, paired differences, ablations)."""
-    cfg = result["settings"]
-    paired = {k: v["all"] for k, v in result.get("paired", {}).items()}
-    pct = lambda e: f"{100 * e['difference']:+.1f} ± {100 * e['stderr']:.1f} points"  # noqa: E731
-
-    def by_sign(e: dict | None, what: str) -> tuple[str, str]:
-        if e is None:
-            return "not tested here", f"this run has no {what}"
-        d, se = e["difference"], e["stderr"]
-        return ("reproduced" if d > 2 * se else "partly" if d > 0 else "not reproduced"), pct(e)
-
-    v1, r1 = by_sign(paired.get("extended_mind - no_document"), "Extended Mind and no-document conditions")
-    r1 = f"Extended Mind (document only in memory) minus no document, same questions: {r1}"
-    sota, alone = paired.get("extended_mind_rag - rag"), paired.get("extended_mind - full_document")
-    v2, r2 = by_sign(sota, "retrieval-augmented conditions")
-    r2 = f"Extended Mind + RAG minus RAG (BM25): {r2}"
-    if alone is not None:
-        r2 += f"; Extended Mind alone minus the full document in the prompt: {pct(alone)}"
-    r2 += " (the paper's +6 points is Extended Mind 70B + RAG against GPT-4; here one 135M model)"
-
-    def ablation(name: str, what: str) -> tuple[str, str]:
-        entries = result.get("ablations", {}).get(name, [])
-        if len(entries) < 2:
-            return "not tested here", f"this run's ablation has fewer than two {what}"
-        best, worst = max(entries, key=lambda e: e["accuracy"]), min(entries, key=lambda e: e["accuracy"])
-        d, se = _gap(best, worst)
-        v = "reproduced" if d > 2 * se else ("partly" if d > 0 else "not reproduced")
-        cells = ", ".join(f"{e['value']} {100 * e['accuracy']:.1f} %" for e in entries)
-        return v, f"{cells}; best minus worst {d:+.1f} ± {se:.1f} points"
-
-    v3, r3 = ablation("position_mode", "position modes")
-    fractions = result.get("ablations", {}).get("layer_fraction", [])
-    if len(fractions) < 2 or not any(e["value"] > 0.5 for e in fractions) or not any(e["value"] <= 0.5
-                                                                                   for e in fractions):
-        v4, r4 = "not tested here", "this run's ablation does not compare a majority of layers with half or fewer"
-    else:
-        many = max((e for e in fractions if e["value"] > 0.5), key=lambda e: e["accuracy"])
-        few = max((e for e in fractions if e["value"] <= 0.5), key=lambda e: e["accuracy"])
-        d, se = _gap(many, few)
-        v4 = "reproduced" if d > 2 * se else ("partly" if d > 0 else "not reproduced")
-        r4 = (f"retrieving in {100 * many['value']:.0f} % of the layers: {100 * many['accuracy']:.1f} % correct, "
-              f"against at best {100 * few['accuracy']:.1f} % in {100 * few['value']:.0f} %: {d:+.1f} ± {se:.1f} points")
-    verdicts = [
-        {"claim": "without fine-tuning, the model answers from memories retrieved by its own attention",
-         "verdict": v1, "reason": r1},
-        {"claim": "Extended Mind beats the state of the art (here: the best baseline, retrieval augmentation)",
-         "verdict": v2, "reason": r2},
-        {"claim": "how positions are assigned to retrieved keys matters", "verdict": v3, "reason": r3},
-        {"claim": "retrieval in a majority of decoder layers matters", "verdict": v4, "reason": r4},
-    ]
-    lengths = [str(n) for n in cfg["lengths"]]
-    rows = []
-    for condition, per_length in result["accuracy"].items():
-        cells = [None if per_length[n] is None else [100 * per_length[n]["accuracy"], 100 * per_length[n]["stderr"]]
-                 for n in lengths]
-        pooled = _pooled([per_length[n] for n in lengths])
-        rows.append([_label(condition, cfg), *cells,
-                     None if pooled is None else [100 * pooled["accuracy"], 100 * pooled["stderr"]]])
-    table = {"columns": ["condition", *(f"{n} tokens" for n in lengths), "all lengths (fitting)"], "rows": rows,
-             "caption": f"accuracy in % ± s.e., {result['n_questions']} questions, SmolLM2-135M-Instruct, "
-                        f"{cfg['dtype']}; n/a: the prompt does not fit"}
-    return {"verdicts": verdicts, "summary": table, "seeds": [cfg["seed"]]}

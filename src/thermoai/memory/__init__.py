@@ -16,12 +16,20 @@ Needs the ``memory`` extra (transformers, gguf, accelerate). See docs/memory.md.
 
 from thermoai.memory.attention import POSITION_MODES, ExtendedMind, attach, canonical_position_mode
 from thermoai.memory.bank import MemoryBank
-from thermoai.memory.citations import Citation, cite, memory_weights, sink_memories
+from thermoai.memory.citations import Citation, answer_citations, cite, memory_weights, sink_memories
+from thermoai.memory.confidence import confidence
+from thermoai.memory.diagnostics import RetrievalDiagnostic, diagnose, find_span, span_memories
 from thermoai.memory.model import AdaptiveGeneration, generate_adaptive, load_model, suspended
 
 __all__ = [
     "AdaptiveGeneration",
     "Citation",
+    "RetrievalDiagnostic",
+    "answer_citations",
+    "confidence",
+    "diagnose",
+    "find_span",
+    "span_memories",
     "ExtendedMind",
     "MemoryBank",
     "POSITION_MODES",

@@ -101,6 +101,7 @@ class _Layer:
     key_norms: torch.Tensor  # [n_kv, M] float32 norms of the placed keys
     offsets: torch.Tensor  # [1, n_kv, 1, 1, 1] = head * M: per-head index -> row of the flattened bank
     index: object = None  # optional approximate-search index per kv head
+    bank_index: torch.Tensor | None = None  # [M'] bank index of each row when memories are skipped
 
 
 def _register() -> None:
@@ -129,11 +130,17 @@ class ExtendedMind:
         record: record which memories the last query of each forward attended to (citations).
         index: ``"exact"`` (default) or ``"faiss"`` (approximate HNSW search, needs ``faiss-cpu``;
             worth it above ~100k memories).
+        skip_memories: memories left out of retrieval: ``"none"`` (default, the reference), ``"first"``
+            (the document's first token: computed at position 0 without context it is an attention sink
+            that takes 35-50 % of SmolLM2's memory attention) or ``"sinks"`` (``citations.sink_memories``:
+            the first token and whitespace-only tokens). Recorded indices stay bank indices.
     """
+
+    SKIP_MEMORIES = ("none", "first", "sinks")
 
     def __init__(self, model, bank: MemoryBank, topk: int = 10, layers=None, position_mode: str = "first",
                  distance: int | None = None, threshold: float | None = None, record: bool = False,
-                 index: str = "exact"):
+                 index: str = "exact", skip_memories: str = "none"):
         if not isinstance(bank, MemoryBank):
             raise TypeError(f"bank: expected a MemoryBank, got {type(bank).__name__}")
         base, decoder = decoder_layers(model)
@@ -146,6 +153,8 @@ class ExtendedMind:
         mode = canonical_position_mode(position_mode)
         if index not in ("exact", "faiss"):
             raise ValueError(f"index: expected 'exact' or 'faiss', got {index!r}")
+        if skip_memories not in self.SKIP_MEMORIES:
+            raise ValueError(f"skip_memories: expected one of {self.SKIP_MEMORIES}, got {skip_memories!r}")
         if layers is None:
             layers = list(range(n_layers))
         else:
@@ -162,6 +171,7 @@ class ExtendedMind:
         self.distance = int(bank.window if distance is None else distance)
         self.record = bool(record)
         self.index_kind = index
+        self.skip_memories = skip_memories
         self.active = True
         self.n_heads, self.n_kv = n_heads, n_kv
         self.steps: list[list[tuple[int, torch.Tensor, torch.Tensor]]] = []
@@ -175,10 +185,24 @@ class ExtendedMind:
             key_positions = (bank.positions - bank.n_positions).to(device)
         else:
             key_positions = torch.zeros(len(bank), dtype=torch.long, device=device)
+        kept = None
+        if skip_memories != "none":
+            from thermoai.memory.citations import sink_memories
+
+            skipped = (bank.positions == bank.positions.min()).nonzero().flatten().cpu() if skip_memories == "first" \
+                else sink_memories(bank)
+            mask = torch.ones(len(bank), dtype=torch.bool)
+            mask[skipped] = False
+            if not mask.any():
+                raise ValueError(f"skip_memories: {skip_memories!r} leaves no memory in this bank")
+            kept = mask.nonzero().flatten()
+            key_positions = key_positions[kept.to(device)]
         self._layers: dict[int, _Layer] = {}
         for index_l in self.layers:
-            keys = bank.keys[index_l].to(device=device, dtype=torch.float32)
-            if not (torch.isfinite(keys).all() and torch.isfinite(bank.values[index_l]).all()):
+            keys, values = bank.layer(index_l, device=device)  # float32, dequantised if the bank is int8
+            if kept is not None:
+                keys, values = keys[:, kept.to(device)], values[:, kept.to(device)]
+            if not (torch.isfinite(keys).all() and torch.isfinite(values).all()):
                 raise ValueError(f"bank: layer {index_l} holds NaN or Inf keys or values; rebuild the bank "
                                  "(a model that produces non-finite activations cannot serve as memory)")
             if mode == "original" or self._scale != 1.0:
@@ -187,9 +211,10 @@ class ExtendedMind:
             # unit keys turn the cosine ranking into one matmul: q . k/|k| = cos * |q|, and the
             # logit is recovered for the k selected as (q . k/|k|) * |k|
             unit = (keys / norms.clamp_min(1e-12)[..., None]).to(dtype)
-            values = bank.values[index_l].to(device=device, dtype=dtype)
+            values = values.to(dtype)
             offsets = torch.arange(n_kv, device=device).view(1, n_kv, 1, 1, 1) * unit.shape[1]
-            layer = _Layer(unit.contiguous(), values.contiguous(), norms.contiguous(), offsets)
+            layer = _Layer(unit.contiguous(), values.contiguous(), norms.contiguous(), offsets,
+                           bank_index=None if kept is None else kept.to(device))
             if index == "faiss":
                 layer.index = _faiss_index(unit)
             self._layers[index_l] = layer
@@ -357,7 +382,8 @@ class ExtendedMind:
         else:
             mem_w, out = self._joint_softmax(q, key, value, attention_mask, scaling, mem_logits, mem_values)
         if self.record:
-            self._record(module.layer_idx, idx[:, :, :, -1].reshape(b, -1), mem_w[:, :, :, -1].reshape(b, -1))
+            last = idx[:, :, :, -1] if layer.bank_index is None else layer.bank_index[idx[:, :, :, -1]]
+            self._record(module.layer_idx, last.reshape(b, -1), mem_w[:, :, :, -1].reshape(b, -1))
         return out.view(b, n_heads, s, d).transpose(1, 2).contiguous(), None
 
     @staticmethod

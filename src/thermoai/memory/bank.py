@@ -41,7 +41,28 @@ import torch
 
 from thermoai.memory.model import attention_shape, decoder_layers, model_name, suspended
 
-__all__ = ["MemoryBank", "config_hash", "weights_fingerprint", "default_window"]
+__all__ = ["MemoryBank", "config_hash", "weights_fingerprint", "default_window", "quantize_int8", "STORAGE_DTYPES"]
+
+# names accepted for the storage dtype of keys and values
+STORAGE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "int8": torch.int8}
+
+
+def _storage_dtype(dtype):
+    """A torch dtype from ``dtype`` (a torch dtype or a name in ``STORAGE_DTYPES``), or None."""
+    if dtype is None or isinstance(dtype, torch.dtype) and dtype in STORAGE_DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in STORAGE_DTYPES:
+        return STORAGE_DTYPES[dtype]
+    raise ValueError(f"dtype: expected one of {sorted(STORAGE_DTYPES)} (or the torch dtype), got {dtype!r}")
+
+
+def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 of ``x [..., d]`` with one float32 scale per vector: ``x ≈ q * scale[..., None]``,
+    ``scale = max_i |x_i| / 127``, ``q = round(x / scale)``; the error per element is at most ``scale / 2``."""
+    x = x.to(torch.float32)
+    scale = x.abs().amax(-1) / 127.0
+    q = torch.round(x / scale.clamp_min(1e-30)[..., None]).clamp_(-127, 127).to(torch.int8)
+    return q, scale
 
 FORMAT = "thermoai.memory.MemoryBank"
 VERSION = "1"
@@ -120,6 +141,10 @@ class MemoryBank:
         n_positions: tokens in the document before removal and cap (where a prompt continues).
         model: name of the model; ``config_hash`` / ``fingerprint`` identify it.
         window, stride, max_tokens: build settings; ``dropped``: memories removed by the cap.
+        key_scales, value_scales: ``[n_layers, n_kv_heads, M]`` float32 scales when ``keys``/``values``
+            are int8 (``quantize_int8``), else None; ``layer(l)`` gives dequantised float32 tensors.
+
+    Storage per memory token: ``2 L n_kv d`` times 4 bytes (float32), 2 (bfloat16) or 1 + 8/d (int8).
     """
 
     keys: torch.Tensor
@@ -138,6 +163,8 @@ class MemoryBank:
     dropped: int = 0
     remove_special: bool = True
     extra: dict = field(default_factory=dict)
+    key_scales: torch.Tensor | None = None
+    value_scales: torch.Tensor | None = None
 
     # ----------------------------------------------------------------- properties
     def __len__(self) -> int:
@@ -161,7 +188,21 @@ class MemoryBank:
 
     @property
     def nbytes(self) -> int:
-        return self.keys.numel() * self.keys.element_size() * 2
+        """Bytes of keys, values and (int8) their scales."""
+        scales = 0 if self.key_scales is None else 2 * self.key_scales.numel() * 4
+        return self.keys.numel() * self.keys.element_size() * 2 + scales
+
+    @property
+    def quantized(self) -> bool:
+        return self.keys.dtype == torch.int8
+
+    def layer(self, index: int, device=None, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of layer ``index``, ``[n_kv_heads, M, head_dim]`` each, dequantised if int8."""
+        keys, values = self.keys[index].to(device), self.values[index].to(device)
+        if self.quantized:
+            keys = keys.to(torch.float32) * self.key_scales[index].to(device)[..., None]
+            values = values.to(torch.float32) * self.value_scales[index].to(device)[..., None]
+        return keys.to(dtype), values.to(dtype)
 
     def __repr__(self) -> str:
         return (
@@ -171,13 +212,28 @@ class MemoryBank:
         )
 
     def to(self, device=None, dtype=None) -> "MemoryBank":
-        """A copy (or the same tensors if nothing changes) on ``device`` with keys/values in ``dtype``."""
-        keys = self.keys.to(device=device, dtype=dtype)
-        values = self.values.to(device=device, dtype=dtype)
+        """A copy (or the same tensors if nothing changes) on ``device`` with keys/values in ``dtype``
+        (``torch.int8`` or ``"int8"`` quantises with per-vector scales; a float dtype dequantises)."""
+        dtype = _storage_dtype(dtype)
+        key_scales, value_scales = self.key_scales, self.value_scales
+        if dtype == torch.int8 and not self.quantized:
+            keys, key_scales = quantize_int8(self.keys)
+            values, value_scales = quantize_int8(self.values)
+            keys, values, key_scales, value_scales = (t.to(device) for t in (keys, values, key_scales, value_scales))
+        elif dtype is not None and dtype != torch.int8 and self.quantized:
+            keys = (self.keys.to(torch.float32) * self.key_scales[..., None]).to(device=device, dtype=dtype)
+            values = (self.values.to(torch.float32) * self.value_scales[..., None]).to(device=device, dtype=dtype)
+            key_scales = value_scales = None
+        else:
+            keys, values = self.keys.to(device=device), self.values.to(device=device)
+            if dtype is not None and not self.quantized:
+                keys, values = keys.to(dtype), values.to(dtype)
+            if key_scales is not None:
+                key_scales, value_scales = key_scales.to(device), value_scales.to(device)
         return MemoryBank(
             keys, values, self.token_ids.to(device), self.positions.to(device), self.char_spans.to(device),
             self.text, self.n_positions, self.model, self.config_hash, self.fingerprint, self.window,
-            self.stride, self.max_tokens, self.dropped, self.remove_special, dict(self.extra),
+            self.stride, self.max_tokens, self.dropped, self.remove_special, dict(self.extra), key_scales, value_scales,
         )
 
     def span(self, index: int) -> tuple[int, int]:
@@ -228,13 +284,15 @@ class MemoryBank:
             stride: window advance (default 512 scaled like ``window``); ``1 <= stride <= window``.
             max_tokens: cap on memories kept; the oldest are dropped beyond it (default 100 000).
             remove_special: drop special tokens from the bank (default True, as the reference).
-            dtype: dtype of stored keys/values (default: the model's).
+            dtype: storage of keys/values: a float dtype, ``torch.int8``/``"int8"`` (per-vector scales,
+                ``quantize_int8``), or a name in ``STORAGE_DTYPES`` (default: the model's dtype).
             device: where the bank's tensors live (default CPU; ``attach`` places the copy used for
                 retrieval on the model's device, once).
-            progress: show a tqdm bar over the windows.
+            progress: show a tqdm bar counting the document's tokens as their memories are stored.
         """
         base, layers = decoder_layers(model)
         n_layers, _, n_kv, head_dim = attention_shape(model)
+        dtype = _storage_dtype(dtype)
         if (text is None) == (ids is None):
             raise ValueError("text, ids: expected exactly one of them, got " + ("both" if text is not None else "neither"))
         offsets = None
@@ -303,7 +361,8 @@ class MemoryBank:
 
         model_device = next(model.parameters()).device
         device = torch.device("cpu") if device is None else torch.device(device)
-        store_dtype = dtype or next(model.parameters()).dtype
+        quantize = dtype == torch.int8
+        store_dtype = torch.float32 if quantize else (dtype or next(model.parameters()).dtype)
         keys = torch.empty(n_layers, n_kv, m, head_dim, dtype=store_dtype, device=device)
         values = torch.empty_like(keys)
         slot_of = torch.full((n,), -1, dtype=torch.long)
@@ -337,7 +396,8 @@ class MemoryBank:
         try:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=sum(e - b for b, e, _ in windows), unit="tok", desc="memory bank",
+            # counts document tokens whose memories are stored (not token-forwards, which include overlap)
+            bar = tqdm(total=n - (windows[0][2] if windows else 0), unit="tok", desc="memory bank (document tokens)",
                        disable=not progress)
             with suspended(model):
                 for begin, end, new_from in windows:
@@ -353,18 +413,23 @@ class MemoryBank:
                         keys[index][:, slots] = k[rows].transpose(0, 1).to(device, store_dtype)
                         values[index][:, slots] = v[rows].transpose(0, 1).to(device, store_dtype)
                     captured.clear()
-                    bar.update(end - begin)
+                    bar.update(end - new_from)
             bar.close()
         finally:
             for handle in handles:
                 handle.remove()
 
+        key_scales = value_scales = None
+        if quantize:
+            keys, key_scales = quantize_int8(keys)
+            values, value_scales = quantize_int8(values)
         char_spans = offsets[kept_positions] if offsets is not None else torch.full((m, 2), -1, dtype=torch.long)
         return cls(
             keys=keys, values=values, token_ids=token_ids[kept_positions].clone(), positions=kept_positions.clone(),
             char_spans=char_spans.clone(), text=text, n_positions=n, model=model_name(model),
             config_hash=config_hash(model), fingerprint=weights_fingerprint(model), window=window, stride=stride,
             max_tokens=max_tokens, dropped=dropped, remove_special=bool(remove_special),
+            key_scales=key_scales, value_scales=value_scales,
         )
 
     # ----------------------------------------------------------------- files
@@ -373,6 +438,8 @@ class MemoryBank:
             "keys": self.keys, "values": self.values, "token_ids": self.token_ids,
             "positions": self.positions, "char_spans": self.char_spans,
         }
+        if self.key_scales is not None:
+            tensors["key_scales"], tensors["value_scales"] = self.key_scales, self.value_scales
         if self.text is not None:
             tensors["text_utf8"] = torch.frombuffer(bytearray(self.text.encode("utf-8")) or bytearray(1), dtype=torch.uint8)
         return {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
@@ -410,8 +477,8 @@ class MemoryBank:
 
         Args:
             path: the safetensors file.
-            model: if given, the bank must have been built for it (else ``ValueError``), and its
-                keys and values take the model's dtype.
+            model: if given, the bank must have been built for it (else ``ValueError``), and float
+                keys and values take the model's dtype (int8 banks stay int8).
             device: where to put the tensors (default CPU; ``attach`` places the copy used for
                 retrieval on the model's device, once).
             verify: check the SHA-256 of every tensor (detects corrupted files; about 1 s per GB).
@@ -456,10 +523,15 @@ class MemoryBank:
         if keys.dim() != 4 or keys.shape != values.shape or keys.shape[2] != n_memories or \
                 token_ids.shape != (n_memories,) or positions.shape != (n_memories,) or spans.shape != (n_memories, 2):
             raise ValueError(f"memory bank file {str(path)!r} is corrupted: inconsistent tensor shapes")
-        bank = cls(keys, values, token_ids, positions, spans, text, **settings)
+        scales = (tensors.get("key_scales"), tensors.get("value_scales"))
+        if (keys.dtype == torch.int8) != (scales[0] is not None) or (scales[0] is None) != (scales[1] is None) or \
+                (scales[0] is not None and (scales[0].shape != keys.shape[:3] or scales[1].shape != keys.shape[:3])):
+            raise ValueError(f"memory bank file {str(path)!r} is corrupted: int8 keys/values need key_scales and "
+                             "value_scales of shape [layers, kv_heads, memories]")
+        bank = cls(keys, values, token_ids, positions, spans, text, **settings, key_scales=scales[0], value_scales=scales[1])
         if model is not None:
             bank.check_model(model)
-            bank = bank.to(device=device, dtype=next(model.parameters()).dtype)
+            bank = bank.to(device=device, dtype=None if bank.quantized else next(model.parameters()).dtype)
         elif device is not None:
             bank = bank.to(device=device)
         return bank

@@ -12,15 +12,41 @@ i.e. the share of the model's total attention that went to memory ``j`` (the ref
 often an index is retrieved; weighting by attention ranks memories that were retrieved but ignored
 lower). The top memories are mapped to their character spans in the document and neighbouring
 memories are merged into one span.
+
+**Evidence for an answer** (``answer_citations``, used by ``thermoai memory ask``) ranks memories by
+their *contribution* to the answer tokens instead: attention times the norm of the value it brings
+(Kobayashi et al. 2020, "Attention is not only a weight"), in excess of what a content-free query
+gives the same memory,
+
+    c_j  = 1 / (T L H) * sum_{t, l, h} a_{t,l,h,j} |v_{l,g(h),j}|     over the answer steps t
+    e_j  = max(0, c_j - c0_j)                                          c0: one forward of the BOS token
+
+Attention sinks (the document's first token, blank tokens, " the") draw attention from every query,
+whatever it asks; their small values and the baseline ``c0`` remove them unless the answer attends
+to them more than a query about nothing does. Spans made only of function words and punctuation are
+not reported (they cite nothing a reader can check).
 """
 
 from __future__ import annotations
+
+import re
 
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Citation", "memory_weights", "cite", "sink_memories"]
+_FUNCTION_WORDS = frozenset(
+    "a an the of to in on at by for from with and or but as is are was were be been it its this that these those "
+    "which who whom what there their they he she his her we you i not no".split())
+
+
+def only_function_words(text: str | None) -> bool:
+    """True for spans like " the" or ", and" (only function words and punctuation): nothing to check."""
+    words = re.findall(r"\w+", (text or "").lower())
+    return all(w in _FUNCTION_WORDS for w in words)
+
+__all__ = ["Citation", "memory_weights", "cite", "sink_memories", "contributions", "baseline_contributions",
+           "answer_citations", "only_function_words"]
 
 
 @dataclass(frozen=True)
@@ -142,3 +168,120 @@ def cite(mind, top: int = 5, merge_gap: int = 1, tokenizer=None, skip_sinks: boo
             row_out.append(citations)
         result.append(row_out)
     return result
+
+
+def _value_norms(mind) -> dict[int, torch.Tensor]:
+    """Per retrieving layer, ``[n_kv, M]`` float32 norms of the memory values (cached on the mind)."""
+    cached = getattr(mind, "_value_norms", None)
+    if cached is None:
+        cached = {}
+        for l, layer in mind._layers.items():
+            norms = layer.values.float().norm(dim=-1).cpu()  # [n_kv, rows]
+            if layer.bank_index is not None:  # skipped memories: zero norm at their bank index
+                full = torch.zeros(norms.shape[0], len(mind.bank))
+                full[:, layer.bank_index.cpu()] = norms
+                norms = full
+            cached[l] = norms
+        mind._value_norms = cached
+    return cached
+
+
+def contributions(mind, row: int = 0, steps=None, records=None) -> torch.Tensor:
+    """``[M]`` mean value-weighted attention ``c_j`` of every memory over the recorded ``steps``
+    (an int: the first ones; a slice; None: all) of batch row ``row`` (see module docstring)."""
+    records = mind.steps if records is None else records
+    if isinstance(steps, int):
+        records = records[:max(1, steps)]
+    elif isinstance(steps, slice):
+        records = records[steps]
+    if not records:
+        raise ValueError("mind: nothing recorded; attach with record=True (or set mind.record = True) before generating")
+    norms = _value_norms(mind)
+    heads, groups = mind.n_heads, mind.n_heads // mind.n_kv
+    kv_of_head = torch.arange(heads) // groups
+    total = torch.zeros(len(mind.bank), dtype=torch.float32)
+    for record in records:
+        for layer, idx, weights in record:
+            idx = idx[row].view(heads, -1)
+            w = weights[row].view(heads, -1) * norms[layer][kv_of_head[:, None], idx]
+            total.scatter_add_(0, idx.flatten(), w.flatten())
+    return total / (len(records) * len(records[0]) * heads)
+
+
+@torch.no_grad()
+def baseline_contributions(mind) -> torch.Tensor:
+    """``[M]`` contributions ``c0_j`` for a content-free query: one forward pass of the model's BOS (else
+    EOS) token with the mind's current settings. Cached per (topk, threshold) on the mind."""
+    key = (mind.topk, mind.threshold)
+    cache = getattr(mind, "_baselines", None)
+    if cache is None:
+        cache = mind._baselines = {}
+    if key not in cache:
+        config = mind.model.config
+        token = config.bos_token_id if config.bos_token_id is not None else config.eos_token_id
+        if isinstance(token, (list, tuple)):
+            token = token[0]
+        device = next(mind.model.parameters()).device
+        saved, record = mind.steps, mind.record
+        mind.steps, mind.record = [], True
+        try:
+            mind.model(input_ids=torch.tensor([[int(token or 0)]], device=device), use_cache=False)
+            cache[key] = contributions(mind, 0)
+        finally:
+            mind.steps, mind.record = saved, record
+    return cache[key]
+
+
+def answer_citations(mind, row: int = 0, steps=None, top: int = 3, merge_gap: int = 1, tokenizer=None,
+                     baseline: bool = True) -> list[Citation]:
+    """The document spans that contributed most to an answer, heaviest first (see module docstring).
+
+    Args:
+        mind: an ``ExtendedMind`` that recorded while generating the answer.
+        row: batch row.
+        steps: the answer's steps (an int: the first ones, e.g. the number of generated tokens; a slice;
+            None: all recorded steps).
+        top: spans returned (at most).
+        merge_gap: memories at most this many document tokens apart join one span.
+        tokenizer: decodes spans of a bank built from ids.
+        baseline: subtract the content-free query's contributions (``baseline_contributions``).
+
+    ``Citation.weight`` is the span's summed excess contribution ``sum e_j`` (attention share times
+    value norm); spans of function words only are skipped.
+    """
+    if top < 1:
+        raise ValueError(f"top: expected >= 1, got {top}")
+    if merge_gap < 1:
+        raise ValueError(f"merge_gap: expected >= 1, got {merge_gap}")
+    score = contributions(mind, row, steps)
+    if baseline:
+        score = (score - baseline_contributions(mind)).clamp_min(0)
+    bank = mind.bank
+    positions, spans = bank.positions.cpu(), bank.char_spans.cpu()
+    candidates = score.nonzero().flatten()
+    if candidates.numel() == 0:
+        return []
+    best = candidates[score[candidates].argsort(descending=True)][: 8 * top]
+    order = positions[best].argsort()
+    best = best[order]
+    groups: list[list[int]] = []
+    for j in best.tolist():
+        if groups and int(positions[j] - positions[groups[-1][-1]]) <= merge_gap:
+            groups[-1].append(j)
+        else:
+            groups.append([j])
+    result = []
+    for group in groups:
+        start, end = int(spans[group[0], 0]), int(spans[group[-1], 1])
+        if bank.text is not None and start >= 0:
+            text = bank.text[start:end]
+        elif tokenizer is not None:
+            text = tokenizer.decode(bank.token_ids[group].tolist())
+        else:
+            text = None
+        if text is not None and only_function_words(text):
+            continue
+        result.append(Citation(start, end, text, float(score[group].sum()), tuple(group),
+                               tuple(positions[group].tolist())))
+    result.sort(key=lambda c: -c.weight)
+    return result[:top]

@@ -1,7 +1,8 @@
 """``thermoai memory``: build a memory bank from a document, ask questions against it.
 
     thermoai memory build --doc FILE --out BANK [--window 3072] [--stride 512] [--max-tokens N] [--keep-last]
-    thermoai memory ask (--doc FILE | --bank BANK) [--json] [--topk 10] QUESTION [QUESTION ...]
+    thermoai memory ask (--doc FILE | --bank BANK) [--json] [--topk 10] [--evidence TEXT] [--min-confidence P]
+                        QUESTION [QUESTION ...]
 
 ``build`` runs the document through the model once, in windows of ``--window`` tokens advanced by
 ``--stride`` (the cost is about ``N * window / stride`` token-forwards: a smaller stride gives every
@@ -9,7 +10,11 @@ memory more left context, a larger one builds faster), and saves the keys and va
 bank. ``ask`` builds (from ``--doc``) or loads (from ``--bank``) the bank once, then answers every
 question in turn with the document only in memory, and prints each answer with the document spans
 its tokens attended to most. With ``--json`` it prints one JSON object per question and line:
-``{"question": ..., "answer": ..., "citations": [{"start", "end", "text", "context", "weight"}, ...]}``.
+``{"question": ..., "answer": ..., "citations": [{"start", "end", "text", "context", "weight"}, ...],
+"confidence": {...}}`` (plus ``"found"`` with ``--min-confidence`` and ``"diagnostic"`` with ``--evidence``).
+Citations rank document spans by their contribution to the answer tokens in excess of a content-free
+query (``thermoai.memory.citations.answer_citations``); ``--evidence TEXT`` runs the retrieval
+diagnostic (``thermoai.memory.diagnostics``) for the span of the document holding the answer.
 
 Errors (missing, empty or undecodable documents, a document longer than the bank cap, a corrupted or
 truncated bank, a bank built for another model) are one line on stderr and exit status 2; a bank file
@@ -52,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--max-tokens", type=int, default=100_000, help="bank cap in tokens (default 100000)")
         p.add_argument("--keep-last", action="store_true",
                        help="for a document longer than --max-tokens keep its last tokens instead of failing")
+        p.add_argument("--dtype", choices=["float32", "bfloat16", "int8"], default=None,
+                       help="storage of the bank's keys and values (default: the model's, float32); bfloat16 halves "
+                            "the file, int8 (per-vector scales) quarters it")
 
     build = sub.add_parser("build", help="build a memory bank from a document and save it")
     build.add_argument("--doc", required=True, help="UTF-8 text file")
@@ -69,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--position-mode", default="first", help="first (default), original, constant, none")
     ask.add_argument("--max-new-tokens", type=int, default=48, help="answer length cap (default 48)")
     ask.add_argument("--citations", type=int, default=3, help="cited spans per answer (default 3)")
+    ask.add_argument("--evidence", action="append", default=None, metavar="TEXT",
+                     help="retrieval diagnostic: text of the document that holds the answer (once for all questions, "
+                          "or once per question in order); prints recall@k per layer and the attention it got")
+    ask.add_argument("--min-confidence", type=float, default=None, metavar="P",
+                     help="answer 'not found in the document' when the answer's confidence (geometric mean "
+                          "probability of its tokens) is below P")
     add_build_options(ask)
     add_model_options(ask)
     return parser
@@ -102,6 +116,9 @@ def _load_model(args):
     return load_model(args.model, device=args.device)
 
 
+_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "int8": "int8"}
+
+
 def _build_bank(args, model, tokenizer, text: str):
     from thermoai.memory.bank import MemoryBank
 
@@ -115,20 +132,15 @@ def _build_bank(args, model, tokenizer, text: str):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the over-cap warning is ours to give (above)
         return MemoryBank.build(model, tokenizer, text=text, window=args.window, stride=args.stride,
-                                max_tokens=args.max_tokens, progress=not args.no_progress)
-
-
-_FUNCTION_WORDS = frozenset(
-    "a an the of to in on at by for from with and or but as is are was were be been it its this that these those "
-    "which who whom what there their they he she his her we you i not no".split())
+                                max_tokens=args.max_tokens, progress=not args.no_progress,
+                                dtype=_DTYPES[args.dtype] if getattr(args, "dtype", None) else None)
 
 
 def _only_function_words(text: str | None) -> bool:
     """True for spans like " the" or ", and": attention sinks that every question attends to."""
-    import re
+    from thermoai.memory.citations import only_function_words
 
-    words = re.findall(r"\w+", (text or "").lower())
-    return all(w in _FUNCTION_WORDS for w in words)
+    return only_function_words(text)
 
 
 def merge_citations(per_step, top: int) -> list[dict]:
@@ -165,9 +177,21 @@ def _sentence_around(text: str, start: int, end: int, limit: int = 240) -> str:
     return " ".join(text[left:right].split())
 
 
-def answer_question(model, tokenizer, mind, question: str, max_new_tokens: int = 48, top: int = 3) -> dict:
-    """Answer ``question`` with the attached ``mind`` (record=True); returns question, answer, citations."""
+def answer_question(model, tokenizer, mind, question: str, max_new_tokens: int = 48, top: int = 3,
+                    evidence: str | None = None, min_confidence: float | None = None) -> dict:
+    """Answer ``question`` with the attached ``mind`` (record=True).
+
+    Returns ``{"question", "answer", "citations", "confidence"}`` and, with ``evidence`` (text that occurs in
+    the document and holds the answer), ``"diagnostic"``: ``RetrievalDiagnostic.summary()`` over the answer's
+    steps. Citations are ``answer_citations`` (contribution to the answer tokens in excess of a content-free
+    query; sinks and function words left out). ``confidence`` is ``thermoai.memory.confidence.confidence``;
+    when ``min_confidence`` is given and the answer's ``confidence["score"]`` is below it, ``"found"`` is
+    False and the printed answer says it was not found in the document.
+    """
     import torch
+
+    from thermoai.memory.citations import answer_citations
+    from thermoai.memory.confidence import confidence as confidence_of
 
     mind.reset_citations()
     inputs = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
@@ -176,15 +200,31 @@ def answer_question(model, tokenizer, mind, question: str, max_new_tokens: int =
     prompt_len = inputs["input_ids"].shape[1]
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, top_p=None, top_k=None,
-                             temperature=None, pad_token_id=tokenizer.eos_token_id)
-    answer = tokenizer.decode(out[0, prompt_len:], skip_special_tokens=True).strip()
-    per_step = mind.citations(top=20)[0] if mind.steps else []
-    citations = merge_citations(per_step, top)
+                             temperature=None, pad_token_id=tokenizer.eos_token_id, output_logits=True,
+                             return_dict_in_generate=True)
+    generated = out.sequences[0, prompt_len:]
+    special = set(tokenizer.all_special_ids)
+    n_answer = next((t for t, tok in enumerate(generated.tolist()) if tok in special), len(generated))
+    n_answer = max(1, n_answer)
+    answer = tokenizer.decode(generated, skip_special_tokens=True).strip()
+    scores = torch.stack([s[0] for s in out.logits[:n_answer]]).float()  # [T, vocab]
+    result = {"question": question, "answer": answer}
     text = mind.bank.text or ""
-    for c in citations:
-        c["text"] = text[c["start"]:c["end"]]
-        c["context"] = _sentence_around(text, c["start"], c["end"])
-    return {"question": question, "answer": answer, "citations": citations}
+    citations = []
+    if mind.steps:
+        for c in answer_citations(mind, steps=n_answer, top=top):
+            citations.append({"start": c.start, "end": c.end, "weight": round(c.weight, 5), "text": text[c.start:c.end],
+                              "context": _sentence_around(text, c.start, c.end)})
+    result["citations"] = citations
+    result["confidence"] = confidence_of(mind, scores, generated[:n_answer], steps=n_answer)
+    if min_confidence is not None:
+        result["found"] = result["confidence"]["score"] >= min_confidence
+    if evidence is not None:
+        from thermoai.memory.diagnostics import diagnose, find_span
+
+        result["diagnostic"] = diagnose(mind, find_span(text, evidence), steps=n_answer).summary()
+        result["diagnostic"]["evidence"] = evidence
+    return result
 
 
 # -------------------------------------------------------------------------------------------- actions
@@ -213,6 +253,11 @@ def _ask(args) -> int:
         raise CommandError(f"--max-new-tokens: expected a positive integer, got {args.max_new_tokens}")
     if args.citations < 0:
         raise CommandError(f"--citations: expected an integer >= 0, got {args.citations}")
+    if args.evidence and len(args.evidence) not in (1, len(args.questions)):
+        raise CommandError(f"--evidence: expected once for all questions or once per question ({len(args.questions)}), "
+                           f"got {len(args.evidence)}")
+    if args.min_confidence is not None and not 0.0 <= args.min_confidence <= 1.0:
+        raise CommandError(f"--min-confidence: expected a probability in [0, 1], got {args.min_confidence}")
     text = _read_document(args.doc) if args.doc else None
     if args.bank and not Path(args.bank).is_file():
         raise CommandError(f"--bank: no such file {args.bank!r}")
@@ -225,16 +270,39 @@ def _ask(args) -> int:
         except ValueError as err:
             raise CommandError(f"--bank: {err}") from err
     with attach(model, bank, topk=args.topk, position_mode=args.position_mode, record=True) as mind:
-        for question in args.questions:
-            result = answer_question(model, tokenizer, mind, question, args.max_new_tokens, max(args.citations, 1))
+        for number, question in enumerate(args.questions):
+            evidence = None
+            if args.evidence:
+                evidence = args.evidence[number if len(args.evidence) > 1 else 0]
+            try:
+                result = answer_question(model, tokenizer, mind, question, args.max_new_tokens, max(args.citations, 1),
+                                         evidence=evidence, min_confidence=args.min_confidence)
+            except ValueError as err:
+                if "evidence" in str(err):
+                    raise CommandError(f"--{err}") from err
+                raise
             result["citations"] = result["citations"][: args.citations]
             if args.json:
                 print(json.dumps(result, ensure_ascii=False), flush=True)
-            else:
-                print(f"Q: {question}\nA: {result['answer']}")
-                for i, c in enumerate(result["citations"], 1):
-                    print(f"  [{i}] chars {c['start']}-{c['end']} (weight {c['weight']:.3f}): {c['context']}")
-                print(flush=True)
+                continue
+            shown = result["answer"] if result.get("found", True) else "not found in the document"
+            conf = result["confidence"]
+            print(f"Q: {question}\nA: {shown}")
+            if not result.get("found", True):
+                print(f"   (the model's answer {result['answer']!r} has confidence {conf['score']:.3f} < "
+                      f"--min-confidence {args.min_confidence})")
+            print(f"   confidence {conf['score']:.3f} (entropy {conf['entropy']:.2f} nats, "
+                  f"{100 * conf['memory_attention']:.0f} % of attention on memories)")
+            for i, c in enumerate(result["citations"], 1):
+                print(f"  [{i}] chars {c['start']}-{c['end']} (contribution {c['weight']:.4f}): {c['context']}")
+            if "diagnostic" in result:
+                d = result["diagnostic"]
+                print(f"  retrieval of {d['evidence'][:40]!r} ({d['span_memories']} memories, {d['steps']} answer "
+                      f"steps, k={d['topk']}): {d['verdict']}; recall@k mean {d['recall']:.2f}, best layer "
+                      f"{d['best_recall']:.2f} (chance {d['chance']:.3f}); attention on it {100 * d['span_mass']:.2f} % "
+                      f"({100 * d['memory_share']:.1f} % of the memory attention)")
+                print("  recall@k by layer: " + " ".join(f"{l}:{r:.2f}" for l, r in zip(d["layers"], d["recall_by_layer"])))
+            print(flush=True)
     return 0
 
 
