@@ -378,3 +378,22 @@ def test_skip_first_memory_equals_a_bank_without_it(tiny, doc_ids):
         assert not torch.equal(tiny(prompt).logits, got)  # the first memory mattered
     with pytest.raises(ValueError, match="skip_memories"):
         attach(tiny, bank, skip_memories="all")
+
+
+def test_output_attentions_in_retrieving_and_other_layers(tiny, doc_ids):
+    """Retrieving layers return [b, H, q, k + kv] joint weights (rows sum to 1, the memory part equal to the
+    recorded weights of the last query); non-retrieving layers return eager weights; outputs unchanged."""
+    bank = MemoryBank.build(tiny, ids=doc_ids[:40], progress=False)
+    prompt = doc_ids[None, 40:52]
+    with attach(tiny, bank, topk=5, layers=[0, 2], record=True) as mind:
+        plain = tiny(prompt).logits
+        mind.reset_citations()
+        out = tiny(prompt, output_attentions=True)
+    torch.testing.assert_close(out.logits, plain, atol=1e-5, rtol=1e-5)
+    a0, a1, a2 = out.attentions
+    assert a0.shape == (1, 4, 12, 5 + 12) and a2.shape == a0.shape and a1.shape == (1, 4, 12, 12)
+    for a in out.attentions:
+        torch.testing.assert_close(a.sum(-1), torch.ones(a.shape[:-1]), atol=1e-5, rtol=0)
+    recorded = mind.steps[0][0][2].view(4, 5)  # layer 0, last query, weights of its 5 memories
+    torch.testing.assert_close(a0[0, :, -1, :5], recorded, atol=1e-6, rtol=1e-5)
+    assert torch.equal(a1[0].triu(1), torch.zeros_like(a1[0]))  # causal

@@ -26,6 +26,10 @@ approximate index (faiss HNSW) serves large banks. ALiBi models (MPT, Bloom) are
 reference gives memories a constant bias one step beyond the oldest local token; here only RoPE
 models are accepted.
 
+With ``output_attentions=True`` a retrieving layer returns its joint-softmax weights ``[b, H, q, k + kv]``
+(each query's own ``k`` retrieved memories first, then the local keys; rows sum to 1) and computes them
+materialised (not through the fused CPU kernel); other layers return eager attention weights.
+
 The function is registered with transformers' ``AttentionInterface`` under the name ``"emt"``, and
 the SDPA mask builder is registered under the same name in ``AttentionMaskInterface`` (without a
 builder transformers passes no mask at all and padding would be silently lost). That builder returns
@@ -377,14 +381,20 @@ class ExtendedMind:
             mem_logits = mem_logits.masked_fill(sims <= self.threshold, float("-inf"))
 
         mem_values = layer.values.view(-1, d).index_select(0, flat.reshape(-1)).view(b, n_kv, g * s, k, d)
-        if s > 1 and query.device.type == "cpu" and _FUSED_LOCAL:  # prefill (a decoding step has one logit row)
+        want_weights = bool(kwargs.get("output_attentions"))
+        weights = None
+        if s > 1 and query.device.type == "cpu" and _FUSED_LOCAL and not want_weights:  # prefill
             mem_w, out = self._merge_with_fused_local(query, key, value, attention_mask, scaling, mem_logits, mem_values)
         else:
-            mem_w, out = self._joint_softmax(q, key, value, attention_mask, scaling, mem_logits, mem_values)
+            mem_w, out, weights = self._joint_softmax(q, key, value, attention_mask, scaling, mem_logits, mem_values)
+            if want_weights:  # [b, H, s, k + kv]: each query's own k memories first, then the local keys
+                weights = weights.view(b, n_heads, s, -1)
+            else:
+                weights = None
         if self.record:
             last = idx[:, :, :, -1] if layer.bank_index is None else layer.bank_index[idx[:, :, :, -1]]
             self._record(module.layer_idx, last.reshape(b, -1), mem_w[:, :, :, -1].reshape(b, -1))
-        return out.view(b, n_heads, s, d).transpose(1, 2).contiguous(), None
+        return out.view(b, n_heads, s, d).transpose(1, 2).contiguous(), weights
 
     @staticmethod
     def _joint_softmax(q, key, value, attention_mask, scaling, mem_logits, mem_values):
@@ -400,7 +410,7 @@ class ExtendedMind:
         weights = torch.softmax(torch.cat([mem_logits, local_logits], dim=-1), dim=-1)
         mem_w, local_w = weights[..., :k], weights[..., k:].to(value.dtype)
         out = torch.matmul(mem_w.to(value.dtype).reshape(b, n_kv, g * s, 1, k), mem_values).view(b, n_kv, g * s, d)
-        return mem_w, out + torch.matmul(local_w.reshape(b, n_kv, g * s, kv), value)
+        return mem_w, out + torch.matmul(local_w.reshape(b, n_kv, g * s, kv), value), weights
 
     @staticmethod
     def _merge_with_fused_local(query, key, value, attention_mask, scaling, mem_logits, mem_values):
@@ -464,6 +474,12 @@ def emt_attention(module, query, key, value, attention_mask, scaling=None, dropo
         scaling = 1.0 / math.sqrt(query.shape[-1])
     if mind is None or not mind.active or mind.topk == 0:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        if kwargs.get("output_attentions"):  # sdpa has no weights to give; eager has
+            from transformers.models.llama.modeling_llama import eager_attention_forward
+
+            mask = _additive_mask(attention_mask, query.shape[2], key.shape[2], query.dtype, query.device)
+            return eager_attention_forward(module, query, key, value, mask, scaling=scaling, dropout=dropout)
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     if dropout and module.training:
