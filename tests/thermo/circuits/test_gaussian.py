@@ -13,7 +13,7 @@ import torch
 
 from thermoai.thermo.circuits import GaussianPosteriorCircuit
 from thermoai.thermo.circuits._common import gaussian_kl
-from thermoai.thermo.device import BOLTZMANN, Cost, Device
+from thermoai.thermo.device import BOLTZMANN, Device
 
 sys.path.insert(0, str(Path(__file__).parent))
 from circuit_helpers import expected_fit_kl, fit, random_cov  # noqa: E402
@@ -295,7 +295,7 @@ def test_cost_is_programming_plus_operating_cost(design):
     x, cost, info = c.sample(30, torch.Generator().manual_seed(0), chains=3, interval=2e-6, burn_in=1e-5,
                              info=True)
     n_values = 2 * d * d + d + 1 if design == "rc" else d * d + 2 * d
-    prog = dev.program_cost(n_values) if hasattr(dev, "program_cost") else Cost(n_values * 1e-6, n_values * 1e-10)
+    prog = dev.program_cost(n_values)
     assert info["programming"].time == pytest.approx(prog.time)
     assert info["programming"].energy == pytest.approx(prog.energy)
     assert info["reads_per_chain"] == 10 and info["chains"] == 3

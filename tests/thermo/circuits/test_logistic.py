@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from thermoai.thermo.circuits import LogisticPosteriorCircuit
-from thermoai.thermo.device import Cost, Device
+from thermoai.thermo.device import Device
 
 sys.path.insert(0, str(Path(__file__).parent))
 import logistic_reference as R  # noqa: E402
@@ -146,7 +146,7 @@ def test_minibatches_bring_a_measured_bias_that_grows_with_the_switch_interval(c
         assert info["switches"] == math.ceil(run_tc / switch)
         # every switch rewrites both crossbars and the labels of a 100-row batch
         per = 2 * 100 * 30 + 100
-        reprogram = c.device.program_cost(per).time if hasattr(c.device, "program_cost") else per * 1e-6
+        reprogram = c.device.program_cost(per).time
         assert cost.time == pytest.approx(info["dynamics"].time + info["programming"].time)
         assert info["dynamics"].time == pytest.approx(64 * (run_tc * 1e-6 + info["switches"] * reprogram))
     fast, slow = ratios[1], ratios[100]
@@ -195,11 +195,11 @@ def test_cost_of_a_full_batch_run():
     x, cost, info = c.sample(6, torch.Generator().manual_seed(0), chains=2, burn_in=20e-6, interval=4e-6, info=True)
     assert x.shape == (6, 3)
     n_values = 2 * 9 + 3 + 1 + 2 * 12 * 3 + 12
-    prog = dev.program_cost(n_values) if hasattr(dev, "program_cost") else Cost(n_values * 1e-6, n_values * 1e-10)
+    prog = dev.program_cost(n_values)
     assert info["programming"].time == pytest.approx(prog.time) and info["programming"].energy == pytest.approx(prog.energy)
     on = 20e-6 + 3 * 4e-6
     base = dev.operating_cost(2, 3, on, 2 * 3 * 3)
-    extra = 2 * (12 * dev.power_per_cell + 2 * 12 * 3 * getattr(dev, "power_per_coupling", 0.0)) * on
+    extra = 2 * (12 * dev.power_per_cell + 2 * 12 * 3 * dev.power_per_coupling) * on
     assert cost.time == pytest.approx(prog.time + base.time)
     assert cost.energy == pytest.approx(prog.energy + base.energy + extra)
 

@@ -172,10 +172,4 @@ def program_array(device: Device, values: Tensor, array: str, rounding: str = "n
     n_cells = max(device.n_cells, *values.shape) if n_cells is None else max(n_cells, *values.shape)
     twin = dataclasses.replace(device, seed=seed, n_cells=n_cells)
     programmed, _ = twin.program(values, generator=generator, rounding=rounding)
-    return programmed, _program_cost(device, values.numel())
-
-
-def _program_cost(device: Device, n_values: int) -> Cost:
-    if hasattr(device, "program_cost"):
-        return device.program_cost(n_values)
-    return Cost(n_values * device.program_time_per_value, n_values * device.program_energy_per_value)
+    return programmed, device.program_cost(values.numel())

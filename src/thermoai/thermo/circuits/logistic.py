@@ -305,10 +305,7 @@ class LogisticPosteriorCircuit:
         return self._built
 
     def _program_cost(self, n_values: int) -> Cost:
-        dev = self.device
-        if hasattr(dev, "program_cost"):
-            return dev.program_cost(n_values)
-        return Cost(n_values * dev.program_time_per_value, n_values * dev.program_energy_per_value)
+        return self.device.program_cost(n_values)
 
     @property
     def temperature_factor(self) -> float:
@@ -492,7 +489,7 @@ class LogisticPosteriorCircuit:
         dynamics = dev.operating_cost(chains, self.d, on_s, chains * k * self.d)
         # the sigmoid cells and crossbar couplings, at the device's per-cell and per-coupling power
         rows = self.array_rows
-        extra_w = rows * dev.power_per_cell + 2 * rows * self.d * getattr(dev, "power_per_coupling", 0.0)
+        extra_w = rows * dev.power_per_cell + 2 * rows * self.d * dev.power_per_coupling
         dynamics = dynamics + Cost(0.0, chains * extra_w * on_s)
         cost = prog + dynamics
         if not info:
