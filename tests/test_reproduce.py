@@ -261,3 +261,20 @@ def test_paper_verdict_combines_the_claims():
     assert R.paper_verdict([outcome("not tested here")])[0] == "not tested here"
     verdict, reason = R.paper_verdict([outcome("reproduced"), outcome(status="failed")])
     assert verdict == "reproduced" and "failed or interrupted: x" in reason
+
+
+def test_every_number_the_report_prints_is_in_results_json(smoke_run):
+    out, _, _ = smoke_run
+    data = json.loads((out / "results.json").read_text())
+
+    def strings(tree):
+        if isinstance(tree, str):
+            return [tree]
+        if isinstance(tree, dict):
+            return [s for k, v in tree.items() for s in [k, *strings(v)]]
+        return [s for v in tree for s in strings(v)] if isinstance(tree, list) else []
+
+    known = set(numbers_in(data)) | {float(x) for s in strings(data) for x in NUMBER.findall(s)}
+    text = (out / "report.md").read_text()
+    unknown = [x for x in NUMBER.findall(text) if not any(math.isclose(float(x), k, rel_tol=1e-9) for k in known)]
+    assert not unknown, unknown[:20]

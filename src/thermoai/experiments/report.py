@@ -728,8 +728,11 @@ def rebuild(out: str | Path, names: Iterable[str] | None = None, command: str | 
     the verdicts come from the numbers saved there (``run()``'s keys or the module's ``headline``)."""
     from thermoai.experiments import EXPERIMENTS
 
-    out = check_output_folder(Path(out))
     names = list(names) if names else list(EXPERIMENTS)
+    unknown = [n for n in names if n not in EXPERIMENTS]
+    if unknown:
+        raise ValueError(f"unknown experiment(s) {', '.join(unknown)}; choose from: {', '.join(EXPERIMENTS)}")
+    out = check_output_folder(Path(out))
     meta = {"thermoai": versions()["thermoai"], "commit": git_commit(),
             "date": _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds"),
             "command": command or f"thermoai reproduce --rebuild --out {out}", "mode": "full", "seed": None,
