@@ -24,6 +24,8 @@ def test_agreeing_members_have_zero_epistemic_and_the_members_entropy():
     assert torch.allclose(u.total, h, atol=1e-12) and torch.allclose(u.aleatoric, h, atol=1e-12)
     assert float(u.epistemic.abs().max()) < 1e-12
     assert u.total.shape == (4, 7)
+    # a single draw has exactly zero epistemic uncertainty (so its AUROC is one of ties, 0.5)
+    assert torch.equal(U.EntropySplit().add(one).result().epistemic, torch.zeros(4, 7, dtype=torch.float64))
 
 
 def test_two_opposite_confident_members_split_exactly():

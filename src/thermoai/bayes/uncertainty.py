@@ -110,8 +110,10 @@ class EntropySplit:
         log_mean = torch.where(mean_p > 0, mean_p.log(), torch.zeros((), dtype=mean_p.dtype))
         total = -(mean_p * log_mean).sum(-1)
         aleatoric = self._sum_h / self.n
-        # Jensen: total >= aleatoric exactly; the clamp removes float64 rounding only
-        epistemic = (total - aleatoric).clamp_min(0.0)
+        if self.n == 1:  # one draw: no disagreement, exactly (not a rounding-level difference)
+            epistemic = torch.zeros_like(total)
+        else:  # Jensen: total >= aleatoric exactly; the clamp removes float64 rounding only
+            epistemic = (total - aleatoric).clamp_min(0.0)
         log_pred = None
         if self.targets is not None:
             t = self.targets.to(mean_p.device)

@@ -37,5 +37,6 @@ EXPERIMENTS: dict[str, str] = {
     "cold_posterior": "thermoai.experiments.cold_posterior",
     "thermo_crossover": "thermoai.experiments.thermo_crossover",
     "emt_benchmark": "thermoai.experiments.emt_benchmark",
+    "llm_uncertainty": "thermoai.experiments.llm_uncertainty",
     "tbi_scaling": "thermoai.experiments.tbi_scaling",
 }
