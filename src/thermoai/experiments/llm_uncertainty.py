@@ -339,6 +339,7 @@ def evaluate(sub: lm.LMSubset, draws: list[dict[str, Tensor]], data: TextSet, ba
     """Per-statement mean total/aleatoric/epistemic uncertainty (lists in the set's row order) and the
     predictive's mean log-likelihood per token over ``data``."""
     per = {"total": [], "aleatoric": [], "epistemic": []}
+    tokens: dict[str, list[list[float]]] = {"token_total": [], "token_epistemic": []}
     ll_sum, n_tok = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(data), batch):
@@ -353,9 +354,13 @@ def evaluate(sub: lm.LMSubset, draws: list[dict[str, Tensor]], data: TextSet, ba
             keep = mask[:, 1:]
             for name in per:
                 per[name] += sequence_mean(getattr(u, name), keep).tolist()
+            for row in range(keep.shape[0]):
+                n = int(keep[row].sum())
+                tokens["token_total"].append(u.total[row, :n].tolist())
+                tokens["token_epistemic"].append(u.epistemic[row, :n].tolist())
             ll_sum += float(u.log_predictive[keep].sum())
             n_tok += int(keep.sum())
-    return {**per, "mean_log_lik": ll_sum / n_tok, "n_tokens": n_tok}
+    return {**per, **tokens, "mean_log_lik": ll_sum / n_tok, "n_tokens": n_tok}
 
 
 def run_seed(sub: lm.LMSubset, sets: dict[str, TextSet], cfg: Config, seed: int, progress: Any = None) -> dict[str, Any]:
@@ -636,6 +641,26 @@ def cl_table(f: dict, names: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _cell(token: str) -> str:
+    text = token.strip().replace("|", "\\|").replace("`", "'")
+    return f"`{text}`" if text else repr(token)
+
+
+def token_table(result: dict) -> str:
+    """Per-token total and epistemic uncertainty of the unbiased ensemble (seed of the first run) on the
+    shortest statement of each set: what the per-statement means average."""
+    r = result["per_seed"][0]["unbiased_ensemble"]
+    lines = ["Per token (unbiased ensemble, first seed; the token predicted at each position, nats):", ""]
+    for key, label in (("english", "English"), ("translated", "Albanian")):
+        toks = result["example_tokens"][key]
+        tot, epi = r[key]["token_total"][0], r[key]["token_epistemic"][0]
+        lines += [f"| {label} token | " + " | ".join(_cell(t) for t in toks) + " |",
+                  "|---|" + "---:|" * len(toks),
+                  "| total | " + " | ".join(f"{v:.2f}" for v in tot) + " |",
+                  "| epistemic | " + " | ".join(f"{v:.3f}" for v in epi) + " |", ""]
+    return "\n".join(lines)
+
+
 def plot(summary: dict, per_seed: list[dict], cl_per_seed: list[dict], names: list[str], path: Path) -> None:
     import matplotlib
 
@@ -739,6 +764,8 @@ Text sources (all shipped in packages that `make venv` installs; nothing is down
 
 ![LLM uncertainty](llm_uncertainty.png)
 
+{token_table(result)}
+
 ## Continual learning
 
 LoRA adapters (peft, r {cfg.lora_r}, α {cfg.lora_alpha}, q/v/o of the last layer: {result['n_lora_params']:,} parameters)
@@ -839,6 +866,11 @@ def run(out_dir: Path, quick: bool = False, config: Config | None = None, smoke:
         "n_train_tokens": n_predicted(sets["train"]),
         "n_statements": len(pairs),
         "examples": pairs[:3],
+        # the predicted tokens (positions 1..n-1) of the first row of each statement set, for the report
+        "example_tokens": {
+            key: [tokenizer.decode([int(t)]) for t in sets[key].ids[0, 1 : int(sets[key].mask[0].sum())]]
+            for key in ("english", "translated")
+        },
         "sources": D.SOURCES,
         "per_seed": per_seed,
         "seeds": list(cfg.seeds),
