@@ -115,3 +115,10 @@ def test_logistic_times(result):
             assert r["t_eps_tau"] < 1.2 * r["bound_tau"]
             # the KL estimate has relaxed to the floor by the end (within 5 estimator sds)
             assert abs(np.mean(r["kl"][-5:])) < 5 * r["estimator_sd"]
+
+
+def test_smoke_run_writes_a_report(tmp_path):
+    res = tbi_scaling.run(tmp_path, **tbi_scaling.SMOKE)
+    assert (tmp_path / "tbi_scaling.md").exists() and res["smoke"]
+    assert [s["d"] for s in res["gaussian"]["summary"]] == tbi_scaling.SMOKE_CFG["gg_dims"]
+    assert all(v["reason"] for v in res["verdicts"])

@@ -50,6 +50,7 @@ NAME = "tbi_scaling"
 TITLE = "Thermodynamic Bayesian inference: sampling time and energy against dimension (ln d, d ln d)"
 PAPER = "thermo"
 RUN_TIME = {"quick": 40, "full": 1500}
+SMOKE = {"quick": True, "smoke": True}
 EPS = 0.01
 
 # the claim each verdict is about (the report prints these)
@@ -90,6 +91,19 @@ QUICK = {
     "bc_chains": 1024,
     "syn_dims": [2, 4, 8, 16],
     "syn_chains": 2048,
+    "syn_seeds": 1,
+    "ablations": False,
+}
+SMOKE_CFG = {
+    "gg_dims": [4, 16, 64],
+    "gg_seeds": {4: 1, 16: 1, 64: 1},
+    "active_max_d": 64,
+    "ablation_dims": [4, 16],
+    "ula_max_d": 16,
+    "bc_dims": [2],
+    "bc_chains": 512,
+    "syn_dims": [2, 4],
+    "syn_chains": 512,
     "syn_seeds": 1,
     "ablations": False,
 }
@@ -679,16 +693,28 @@ def _coupling_share(res: dict) -> float:
 # -------------------------------------------------------------------------------------------------- run
 
 
-def run(out_dir: pathlib.Path, quick: bool = False) -> dict:
+def run(out_dir: pathlib.Path, quick: bool = False, smoke: bool = False) -> dict:
+    """Write tbi_scaling.md/.json/.png into ``out_dir`` and return the numbers; ``quick`` (a couple of minutes)
+    and ``smoke`` (seconds, to check the plumbing) shrink the sweeps."""
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = QUICK if quick else FULL
+    # one intra-op thread: the chains' small kernels gain nothing from a second one, and on a shared 2-core
+    # machine oversubscribed threads made them a hundred times slower
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run(out_dir, SMOKE_CFG if smoke else (QUICK if quick else FULL), quick, smoke)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(out_dir: pathlib.Path, cfg: dict, quick: bool, smoke: bool) -> dict:
     started = time.perf_counter()
 
     def log(msg: str) -> None:
         print(f"[{NAME} {time.perf_counter() - started:6.0f} s] {msg}", flush=True)
 
-    res: dict[str, Any] = {"eps": EPS, "quick": quick, "config": cfg}
+    res: dict[str, Any] = {"eps": EPS, "quick": quick or smoke, "smoke": smoke, "config": cfg}
     res["gaussian"] = gaussian_sweep(cfg, log)
     res["ablations"] = ablation_sweep(cfg, log)
     res["digital"] = digital_sweep(cfg, log)
