@@ -182,7 +182,7 @@ def test_smoke_run_writes_a_complete_report(tmp_path):
         assert 0.0 <= s["auroc_epistemic"][0] <= 1.0 and math.isfinite(s["perplexity"][0])
     # a single deterministic model has no epistemic part: AUROC of ties
     assert saved["methods"]["pretrained"]["auroc_epistemic"][0] == 0.5
-    assert [v["verdict"] in ("reproduced", "partly", "not reproduced") for v in result["verdicts"]] == [True] * 3
+    assert [v["verdict"] in ("reproduced", "partly", "not reproduced") for v in result["verdicts"]] == [True] * 4
     head = E.headline(saved)
     assert head["summary"]["columns"][0] == "method" and len(head["summary"]["rows"]) == len(E.METHODS) + 2
     text = (tmp_path / "llm_uncertainty.md").read_text()
