@@ -42,6 +42,7 @@ def _batch(seed=0):
 
 
 def _grads_and_kfac(**kw):
+    kw.setdefault("kl_clip", None)
     net = _Net().double()
     kfac = KFAC(net, **kw)
     img, tok, y = _batch()
@@ -109,9 +110,14 @@ def test_kl_clip_scales_every_layer():
     assert float(kfac.last_report.kl_scale) == pytest.approx(nu, rel=1e-10)
 
 
-def test_kl_clip_needs_a_learning_rate():
-    with pytest.raises(ValueError, match="lr"):
-        KFAC(_Net(), kl_clip=1e-3)
+def test_kl_clip_is_on_by_default_with_unit_learning_rate():
+    _, M, U0 = _grads_and_kfac(damping=0.05)
+    kfac, _, U = _grads_and_kfac(damping=0.05, kl_clip=1e-3)
+    vg = sum(float((U0[n] * M[n]).sum()) for n in U0)
+    nu = min(1.0, math.sqrt(1e-3 / vg))
+    assert nu < 1 and kfac.kl_clip == KFAC(_Net()).kl_clip == 1e-3
+    for n in U:
+        torch.testing.assert_close(U[n], nu * U0[n], rtol=1e-10, atol=1e-14)
 
 
 def test_kl_clip_reads_the_optimizer_learning_rate():
@@ -136,7 +142,8 @@ def test_inverse_interval_reuses_the_prepared_inverses_and_damping_schedule():
         return 0.1 / (1 + int(step))
 
     net = _Net().double()
-    kfac = KFAC(net, damping=damping, damping_split="each", inverse_update_interval=3, factor_decay=0.5)
+    kfac = KFAC(net, damping=damping, damping_split="each", inverse_update_interval=3, factor_decay=0.5,
+                kl_clip=None)
     A_at = []
     for step in range(4):
         img, tok, y = _batch(step)
@@ -186,7 +193,7 @@ def test_skip_by_name_pattern_type_and_param_group():
 def test_frozen_bias_drops_the_bias_column():
     net = nn.Sequential(nn.Linear(3, 2)).double()
     net[0].bias.requires_grad_(False)
-    kfac = KFAC(net, damping=0.1, damping_split="each")
+    kfac = KFAC(net, damping=0.1, damping_split="each", kl_clip=None)
     x = torch.randn(5, 3, dtype=torch.float64)
     net(x).pow(2).sum().backward()
     M = net[0].weight.grad.clone()

@@ -107,6 +107,23 @@ def test_error_model_matches_the_simulators_error_distribution(op):
     assert abs(float(vs.mean()) - float(vm.mean())) < 4 * se, (float(vs.mean()), float(vm.mean()), se)
 
 
+@pytest.mark.parametrize("system", ["per_factor", "kronecker"])
+def test_method_2_error_model_keeps_the_programming_between_inverse_updates(system):
+    """The programmed matrices cached at prepare give the answer of programming afresh at each solve (10 %
+    mismatch, so the programming error is large, and a long average, so the noise is small; fine DACs, since
+    coarse rounding of the second sweep's right-hand sides would turn the small noise into whole steps)."""
+    dev = Device(dac_bits=24, mismatch=0.1, readout_noise=0.0, adc_bits=24, adc_range=16.0)
+    s = Thermodynamic(2, system=system, device=dev, mode="error_model", averaging_s=100.0, diffusion=0.3)
+    state, _ = s.prepare("l", A3, G2, DAMP)
+    assert any(k.startswith("prog_") for k in state)
+    U_cached, _ = s.apply("l", state, M23)
+    fresh = {k: v for k, v in state.items() if not k.startswith("prog_")}
+    U_fresh, _ = s.apply("l", fresh, M23)
+    digital = _digital_U()
+    assert float((U_cached - U_fresh).norm()) < 1e-3 * float(digital.norm())
+    assert float((U_cached - digital).norm()) > 1e-2 * float(digital.norm())  # the programming error is there
+
+
 @pytest.mark.parametrize("method,system", [(1, "per_factor"), (2, "per_factor"), (2, "kronecker")])
 def test_error_model_reports_the_simulators_device_time_and_energy(method, system):
     usage = {}

@@ -35,9 +35,12 @@ and step ``k``:
   - ``damping_form="exact"``: ``vec U = (A kron G + lambda I)^-1 vec M`` in the factors' eigen-bases
     (``eigh`` solver only; kfac-pytorch's EIGEN convention);
 
-* every step, ``U`` from the latest prepared solver state; with ``kl_clip = c`` all layers' updates are
-  scaled by ``nu = min(1, sqrt(c / sum_layers lr^2 <U, M>))`` (Ba et al. 2017; kfac-pytorch), which bounds
-  the KL divergence of the step under the quadratic model.
+* every step, ``U`` from the latest prepared solver state; with ``kl_clip = c`` (default 1e-3) all layers'
+  updates are scaled by ``nu = min(1, sqrt(c / |sum_layers lr^2 <U, M>|))`` (Ba et al. 2017; kfac-pytorch),
+  which bounds the KL divergence ``lr^2 U^T F U / 2`` of the step under the quadratic model. ``lr`` is the
+  ``lr`` argument, or the optimizer's learning rates when ``optimizer=`` (or ``lr=optimizer``) is given, as
+  in kfac-pytorch; by default it is 1, so the preconditioned gradient itself is held to a squared Fisher
+  norm of at most ``c`` and the optimizer's learning rate scales the clipped step.
 
 Every hyper-parameter (``damping``, ``factor_decay``, ``kl_clip``, ``lr``, and the two intervals) is a number
 or a schedule, a callable of the step (a 0-d integer tensor, the number of completed ``step`` calls), as
@@ -136,12 +139,13 @@ class KFAC:
     Args:
         model: the ``nn.Module`` to precondition; hooks go on its ``nn.Linear``, ``nn.Conv2d`` and
             ``nn.Embedding`` sub-modules.
-        damping: Tikhonov damping ``lambda`` (>= 0), default 1e-2 (of a loss averaged over the batch).
+        damping: Tikhonov damping ``lambda`` (>= 0), default 1e-3 (kfac-pytorch's).
         factor_decay: running-average weight ``xi`` in [0, 1), default 0.95.
         factor_update_interval, inverse_update_interval: steps between factor updates (default 1) and
             between solver preparations (default 10).
-        kl_clip: KL-clipping bound ``c`` (None: off, the default); needs ``lr``.
-        lr: learning rate seen by KL clipping: a number, a schedule or the optimizer.
+        kl_clip: KL-clipping bound ``c`` (default 1e-3, kfac-pytorch's; None: off).
+        lr: learning rate seen by KL clipping: a number, a schedule or the optimizer (default: the
+            ``optimizer``'s if given, else 1).
         optimizer: read for ``"kfac": False`` param groups (and for ``lr`` if ``lr`` is None).
         damping_form: ``"factored"`` (default) or ``"exact"``.
         damping_split: ``"pi"`` (default), ``"sqrt"`` or ``"each"`` (factored form only).
@@ -159,9 +163,9 @@ class KFAC:
         seed: seeds the generator of the sampled Fisher's labels.
     """
 
-    def __init__(self, model: nn.Module, *, damping: Schedule = 1e-2, factor_decay: Schedule = 0.95,
+    def __init__(self, model: nn.Module, *, damping: Schedule = 1e-3, factor_decay: Schedule = 0.95,
                  factor_update_interval: Schedule = 1, inverse_update_interval: Schedule = 10,
-                 kl_clip: Schedule | None = None, lr: Schedule | torch.optim.Optimizer | None = None,
+                 kl_clip: Schedule | None = 1e-3, lr: Schedule | torch.optim.Optimizer | None = None,
                  optimizer: torch.optim.Optimizer | None = None, damping_form: str = "factored",
                  damping_split: str = "pi", fisher: str = "empirical",
                  predictive: Callable[[Tensor], torch.distributions.Distribution] | None = None,
@@ -181,13 +185,10 @@ class KFAC:
             check_non_negative(kl_clip, "kl_clip", strictly=True)
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer or None; got {type(optimizer).__name__}")
-        if lr is None and optimizer is not None:
-            lr = optimizer
-        if lr is not None and not isinstance(lr, torch.optim.Optimizer):
+        if lr is None:
+            lr = optimizer if optimizer is not None else 1.0
+        if not isinstance(lr, torch.optim.Optimizer):
             check_non_negative(lr, "lr")
-        if kl_clip is not None and lr is None:
-            raise ValueError("kl_clip needs the learning rate: pass lr= (a number, a schedule or the optimizer) "
-                             "or optimizer=")
         for name, v, allowed in (("damping_form", damping_form, ("factored", "exact")),
                                  ("damping_split", damping_split, ("pi", "sqrt", "each")),
                                  ("fisher", fisher, ("empirical", "sampled")),
@@ -529,8 +530,9 @@ class KFAC:
             return None
         c = self._value(self.kl_clip, "kl_clip", k, strictly=True)
         vg = sum((U * grads[n]).sum() * self._lr_of(self._layers[n], k) ** 2 for n, U in updates.items())
-        vg = torch.as_tensor(vg)
-        return torch.where(vg > 0, torch.clamp(torch.sqrt(c / vg.clamp_min(1e-300)), max=1.0), torch.ones_like(vg))
+        # |.|: a preconditioner made indefinite (by a device's errors) must not escape the bound
+        vg = torch.as_tensor(vg).abs()
+        return torch.clamp(torch.sqrt(c / vg.clamp_min(1e-300)), max=1.0)
 
     def _check_updates(self, updates: dict[str, Tensor]) -> None:
         if not updates:

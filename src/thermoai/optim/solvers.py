@@ -390,8 +390,8 @@ class Thermodynamic(Solver):
             usage.add(cost.time, cost.energy, err)
         return self._out(0.5 * (X + X.mT))
 
-    def _solve(self, M: Tensor, B: Tensor, usage: DeviceUsage) -> Tensor:
-        """``M^-1 b`` for each row b of B (k, d)."""
+    def _solve(self, M: Tensor, B: Tensor, usage: DeviceUsage, programmed: dict[str, Tensor] | None = None) -> Tensor:
+        """``M^-1 b`` for each row b of B (k, d); ``programmed``: the error model's cached programming of M."""
         dev = self._device(M.shape[0])
         if self.mode == "simulate":
             res = linalg.solve(M, B, tol=self.tol, burn_in_s=self.burn_in_s, averaging_s=self.averaging_s,
@@ -400,36 +400,47 @@ class Thermodynamic(Solver):
             X, rep = res.value, res.report
             usage.add(rep.device_time_s, rep.energy_j, rep.estimated_error)
         else:
-            X, cost, err = self._solve_model(M, B, dev)
+            X, cost, err = self._solve_model(programmed or self._program_for_solve(M, dev), B, dev)
             usage.add(cost.time, cost.energy, err)
         return X
 
     # --- the error model (module docstring) --------------------------------------------------------------
 
     @staticmethod
-    def _scaled(M: Tensor) -> tuple[float, Tensor]:
+    def _scaled(M: Tensor) -> tuple[float, Tensor, Tensor]:
+        """``(scale, G, rates)``: the Gershgorin scale, ``G = M / scale`` mirrored exactly symmetric (as
+        ``linalg`` programs it) and the eigenvalues of G, which must be positive."""
         scale = float(M.abs().sum(1).max())
         G = M / scale
-        return scale, torch.triu(G) + torch.triu(G, 1).mT
+        G = torch.triu(G) + torch.triu(G, 1).mT
+        rates = torch.linalg.eigvalsh(G)
+        if not float(rates.min()) > 0:
+            raise ValueError(f"the matrix sent to the device must be positive definite; got smallest eigenvalue "
+                             f"{float(rates.min()) * scale:.3g}")
+        return scale, G, rates.clamp(max=1.0)
+
+    @staticmethod
+    def _programmed_eigh(dev: Device, G: Tensor, generator: torch.Generator, rounding: str) -> tuple[Tensor, Tensor]:
+        Gq, _ = dev.program(G, generator, rounding)
+        l, Q = torch.linalg.eigh(Gq)
+        if not float(l.min()) > 0:
+            raise ValueError("the programmed (quantised) factor is not positive definite; use more dac_bits")
+        return l, Q
 
     def _inv_model(self, M: Tensor, dev: Device) -> tuple[Tensor, Cost, float]:
         d = M.shape[0]
-        scale, G = self._scaled(M)
-        spec = Spectrum.of_matrix(G)
+        scale, G, rates = self._scaled(M)
+        spec = Spectrum.given(rates.numpy())
         plan = plan_inv(dev, spec, self.tol, roundings=self.roundings, burn_in_s=self.burn_in_s,
                         averaging_s=self.averaging_s)
         n_avg, t_burn = plan.n_samples, plan.burn_in_s / dev.time_constant
-        sigma2 = float(spec.rates.min()) / dev.noise_scale**2
+        sigma2 = float(rates.min()) / dev.noise_scale**2
         v = dev.noise_scale**2 * sigma2 + dev.thermal_variance
         dt = dev.sampling_interval / dev.time_constant
         w = _readout_white(dev)
         total = torch.zeros(d, d, dtype=torch.float64)
-        cost = plan.cost
         for _ in range(self.roundings):
-            Gq, _ = dev.program(G, self.generator, self.rounding)
-            l, Q = torch.linalg.eigh(Gq)
-            if not float(l.min()) > 0:
-                raise ValueError("the programmed (quantised) factor is not positive definite; use more dac_bits")
+            l, Q = self._programmed_eigh(dev, G, self.generator, self.rounding)
             vk = v / l
             r = torch.exp(-l * dt)
             var = (torch.outer(vk, vk) * _ar1_gain(torch.outer(r, r), n_avg) + (vk[:, None] + vk[None, :]) * w
@@ -439,29 +450,43 @@ class Thermodynamic(Solver):
             Z = torch.triu(Z) + torch.triu(Z, 1).mT
             bias = -vk * torch.exp(-2 * l * t_burn) * _mean_decay(r * r, n_avg)  # cells start at reset (x = 0)
             total += Q @ (torch.diag(vk + bias) + Z) @ Q.mT
-        return total / self.roundings / (v * scale), cost, plan.total_error
+        return total / self.roundings / (v * scale), plan.cost, plan.total_error
 
-    def _solve_model(self, M: Tensor, B: Tensor, dev: Device) -> tuple[Tensor, Cost, float]:
-        d, k = M.shape[0], B.shape[0]
-        scale, G = self._scaled(M)
-        spec = Spectrum.of_matrix(G)
+    def _program_for_solve(self, M: Tensor, dev: Device) -> dict[str, Tensor]:
+        """The error model's programming of a matrix for solves: scale, ideal rates, and the eigen-pairs of the
+        programmed matrix (one per rounding). Programming with nearest rounding is deterministic, so it is
+        kept between inverse updates (the device time still charges a programming per solve, as ``linalg``
+        reprograms at every call)."""
+        scale, G, rates = self._scaled(M)
+        ls, Qs = zip(*(self._programmed_eigh(dev, G, self.generator, self.rounding) for _ in range(self.roundings)))
+        ones = torch.ones(M.shape[0], dtype=torch.float64)
+        # the chip's mismatch pattern for vectors, read off by programming ones (which round exactly)
+        pattern = dev.program(ones)[0]
+        return {"scale": torch.tensor(scale, dtype=torch.float64), "rates": rates, "l": torch.stack(ls),
+                "Q": torch.stack(Qs), "pattern": pattern}
+
+    def _solve_model(self, prog: dict[str, Tensor], B: Tensor, dev: Device) -> tuple[Tensor, Cost, float]:
+        k, d = B.shape
+        scale, rates = float(prog["scale"]), prog["rates"]
+        spec = Spectrum.given(rates.numpy())
         plan = plan_solve(dev, spec, self.tol, rhs=k, roundings=self.roundings, diffusion=self.diffusion,
                           burn_in_s=self.burn_in_s, averaging_s=self.averaging_s)
         n_avg, t_burn = plan.n_samples, plan.burn_in_s / dev.time_constant
         b_norm = B.norm(dim=1, keepdim=True)
-        c_scale = torch.where(b_norm > 0, dev.adc_range / 2 * float(spec.singular_values.min())
-                              / b_norm.clamp_min(1e-300), torch.zeros_like(b_norm))
+        c_scale = torch.where(b_norm > 0, dev.adc_range / 2 * float(rates.min()) / b_norm.clamp_min(1e-300),
+                              torch.zeros_like(b_norm))
         C = B * c_scale
         s2 = dev.noise_scale**2 * self.diffusion / 2 + dev.thermal_variance
         dt = dev.sampling_interval / dev.time_constant
         w = _readout_white(dev)
+        full = C.abs().amax(1, keepdim=True)
         total = torch.zeros(k, d, dtype=torch.float64)
-        for _ in range(self.roundings):
-            Gq, _ = dev.program(G, self.generator, self.rounding)
-            Cq = torch.stack([dev.program(C[i], self.generator, self.rounding)[0] for i in range(k)])
-            l, Q = torch.linalg.eigh(Gq)
-            if not float(l.min()) > 0:
-                raise ValueError("the programmed (quantised) factor is not positive definite; use more dac_bits")
+        for j in range(self.roundings):
+            # each right-hand side programmed as Device.program programs a vector: its own full scale, then
+            # the chip's vector mismatch
+            Cq = torch.where(full > 0, quantise(C, dev.dac_bits, full.clamp_min(1e-300), self.rounding,
+                                                self.generator), torch.zeros_like(C)) * prog["pattern"]
+            l, Q = prog["l"][j], prog["Q"][j]
             xs = (Cq @ Q) / l  # the programmed chip's fixed points in its eigen-basis, (k, d)
             r = torch.exp(-l * dt)
             var = (s2 / l * _ar1_gain(r, n_avg) + w) / n_avg
@@ -493,10 +518,26 @@ class Thermodynamic(Solver):
         if self.method == 1:
             inv_a = At if A.dim() == 1 else self._inv(At, usage)
             inv_g = self._inv(Gt, usage)
-            state = {"inv_a": inv_a.to(A.device, A.dtype), "inv_g": inv_g.to(G.device, G.dtype)}
-        else:
-            state = {"damped_a": At, "damped_g": Gt}
+            return {"inv_a": inv_a.to(A.device, A.dtype), "inv_g": inv_g.to(G.device, G.dtype)}, usage
+        state = {"damped_a": At, "damped_g": Gt}
+        if self.mode == "error_model" and self.rounding == "nearest":
+            if self.system == "kronecker" and At.dim() == 2:
+                K = torch.kron(At, Gt)
+                mats = {"k": (K, self._device(K.shape[0]))}
+            else:
+                mats = {"g": (Gt, self._device(Gt.shape[0]))}
+                if At.dim() == 2:
+                    mats["a"] = (At, self._device(At.shape[0]))
+            for key, (Mx, dev) in mats.items():
+                for name, t in self._program_for_solve(Mx, dev).items():
+                    state[f"prog_{key}.{name}"] = t
         return state, usage
+
+    @staticmethod
+    def _cached(state: dict[str, Tensor], key: str) -> dict[str, Tensor] | None:
+        pre = f"prog_{key}."
+        got = {k[len(pre):]: v for k, v in state.items() if k.startswith(pre)}
+        return got or None
 
     def apply(self, layer, state, M):
         if self.method == 1:
@@ -505,13 +546,14 @@ class Thermodynamic(Solver):
         At, Gt = state["damped_a"], state["damped_g"]
         M64 = self._in(M.detach().to("cpu", torch.float64))
         if At.dim() == 1:
-            U = self._out(self._solve(Gt, M64.mT, usage).mT) / At
+            U = self._out(self._solve(Gt, M64.mT, usage, self._cached(state, "g")).mT) / At
         elif self.system == "per_factor":
-            Y = self._out(self._solve(Gt, M64.mT, usage).mT)  # Y = G~^-1 M, one solve per column of M
-            U = self._out(self._solve(At, self._in(Y), usage))  # rows of U = A~^-1 (rows of Y)
+            # Y = G~^-1 M, one solve per column of M; then the rows of U = A~^-1 (rows of Y)
+            Y = self._out(self._solve(Gt, M64.mT, usage, self._cached(state, "g")).mT)
+            U = self._out(self._solve(At, self._in(Y), usage, self._cached(state, "a")))
         else:
-            K = torch.kron(At, Gt)  # (A~ kron G~) vec U = vec M, vec stacking columns
-            x = self._solve(K, M64.mT.reshape(1, -1), usage)
+            # (A~ kron G~) vec U = vec M, vec stacking columns
+            x = self._solve(torch.kron(At, Gt), M64.mT.reshape(1, -1), usage, self._cached(state, "k"))
             U = self._out(x.reshape(At.shape[0], Gt.shape[0]).mT)
         return U.to(M.device, M.dtype), usage
 
