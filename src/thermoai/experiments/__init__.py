@@ -38,5 +38,6 @@ EXPERIMENTS: dict[str, str] = {
     "thermo_crossover": "thermoai.experiments.thermo_crossover",
     "emt_benchmark": "thermoai.experiments.emt_benchmark",
     "llm_uncertainty": "thermoai.experiments.llm_uncertainty",
+    "kfac": "thermoai.experiments.kfac",
     "tbi_scaling": "thermoai.experiments.tbi_scaling",
 }
