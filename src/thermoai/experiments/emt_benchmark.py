@@ -596,6 +596,16 @@ def paired_differences(records: list[dict], a: str, b: str, kind: str | None = N
             "b_only": sum(x < 0 for x in diffs)}
 
 
+def diagnostic_summaries(records: list[dict]) -> dict:
+    """``_diagnostic_summary`` per condition, and per setting of each ablation (``"ablation:topk=5"``)."""
+    groups: dict[str, list] = {}
+    for r in records:
+        if "diagnostic" in r:
+            name = r["condition"] if r.get("setting") is None else f"{r['condition']}={r['setting']}"
+            groups.setdefault(name, []).append(r)
+    return {name: _diagnostic_summary(rows) for name, rows in groups.items()}
+
+
 def _diagnostic_summary(rows: list[dict]) -> dict:
     """Per condition: how many answers were right, wrong with the fact not retrieved, wrong although
     retrieved (``classify`` on the fact's sentence and on the answer's words), mean recall@k per layer
@@ -681,8 +691,7 @@ def _summarise(cfg, documents, records, ablations, ablation_length, timings, n_l
         if name == "layer_fraction":
             entry["layers"] = options["layers"]
         ablation_table.setdefault(name, []).append(entry)
-    diagnostics = {c: _diagnostic_summary([r for r in records if r["condition"] == c]) for c in
-                   sorted({r["condition"] for r in records if "diagnostic" in r})}
+    diagnostics = diagnostic_summaries(records)
     doc_tokens = {str(n): [d.n_tokens for d in docs] for n, docs in documents.items()}
     n_questions = sum(len(d.facts) for docs in documents.values() for d in docs)
     return {
