@@ -76,10 +76,10 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from thermoai.optim.kfac import KFAC, StepReport
-from thermoai.optim.solvers import Damping, DeviceUsage, Solver
+from thermoai.optim.solvers import Damping, Solver
 
 __all__ = ["DistributedKFAC", "DistributedStepReport", "DistributedError", "ConfigMismatchError", "assign_layers",
-           "factor_cost", "check_same_config", "save_checkpoint", "load_checkpoint"]
+           "factor_cost", "check_same_config", "save_checkpoint", "load_checkpoint", "Checkpoint"]
 
 _CHECKPOINT_FORMAT = "thermoai.optim.distributed/1"
 ASSIGNMENTS = ("compute", "memory")
