@@ -16,8 +16,9 @@ What happens per step on ``W`` ranks, each with ``N_r`` examples of the global b
 (the notation of :mod:`thermoai.optim.kfac`):
 
 * **Factors** (factor-update steps): each rank's hooks hold the sums ``S_A^r = sum_rows a a^T`` and
-  ``S_G^r = sum_n g g^T`` with their row and example counts; one all-reduce (bucketed: one call per dtype)
-  adds them, so every rank updates its running averages with the factors of the *global* batch::
+  ``S_G^r = sum_n g g^T`` with their row and example counts; a small all-reduce adds the counts and one
+  more per dtype (all layers' sums in one buffer) adds the sums, so every rank updates its running
+  averages with the factors of the *global* batch::
 
       A_batch = sum_r S_A^r / sum_r rows_r,      G_batch = sum_r S_G^r / sum_r N_r
 
