@@ -1,8 +1,9 @@
 """Data-parallel K-FAC on 2 CPU processes (gloo, loopback) against single-process K-FAC on the global batch.
 
-One launch (:func:`dist_workers.scenario_kfac`) first has rank 1 ask for other settings (refused), then trains the same MLP under ``DistributedDataParallel`` with
-each configuration for 20 steps, each rank on its half of every global batch, and saves a checkpoint at
-step 10. The tests recompute everything in this process with the plain ``KFAC`` on the whole batch.
+One launch (:func:`dist_workers.scenario_kfac`) first has rank 1 ask for other settings (refused), then
+trains the same MLP under ``DistributedDataParallel`` with each configuration for 20 steps, each rank on
+its half of every global batch, and saves a checkpoint at step 10. The tests recompute everything in this
+process with the plain ``KFAC`` on the whole batch.
 """
 
 from __future__ import annotations
