@@ -397,3 +397,25 @@ def test_output_attentions_in_retrieving_and_other_layers(tiny, doc_ids):
     recorded = mind.steps[0][0][2].view(4, 5)  # layer 0, last query, weights of its 5 memories
     torch.testing.assert_close(a0[0, :, -1, :5], recorded, atol=1e-6, rtol=1e-5)
     assert torch.equal(a1[0].triu(1), torch.zeros_like(a1[0]))  # causal
+
+
+def test_neighbours_add_the_following_memories_once(tiny, doc_ids):
+    """neighbours=n attends to each retrieved memory and the n after it, each distinct memory once: with
+    k = all memories and n = 2 every memory is there three times over, and the logits equal k = all with
+    no neighbours (the duplicates are masked); the recorded indices are runs of consecutive memories."""
+    m = 24
+    bank = MemoryBank.build(tiny, ids=doc_ids[:m], progress=False)
+    prompt = doc_ids[None, m:36]
+    with attach(tiny, bank, topk=m, position_mode="original") as mind:
+        everything = tiny(prompt).logits
+    with attach(tiny, bank, topk=m, position_mode="original", neighbours=2) as mind:
+        torch.testing.assert_close(tiny(prompt).logits, everything, atol=1e-5, rtol=1e-5)
+    with attach(tiny, bank, topk=3, record=True) as mind:
+        plain = tiny(prompt).logits
+    with attach(tiny, bank, topk=3, neighbours=2, record=True) as mind:
+        assert not torch.equal(tiny(prompt).logits, plain)
+        _, idx, _ = mind.steps[0][0]
+    runs = idx.view(4, 3, 3)  # [heads, retrieved, 1 + neighbours]
+    assert torch.equal(runs, (runs[..., :1] + torch.arange(3)).clamp_max(m - 1))
+    with pytest.raises(ValueError, match="neighbours"):
+        attach(tiny, bank, neighbours=-1)

@@ -79,6 +79,8 @@ class BenchmarkConfig:
     ablate_topk: tuple[int, ...] = (2, 5, 10, 20)
     ablate_bank_dtypes: tuple[str, ...] = ()  # e.g. ("float32", "bfloat16", "int8"): storage of the bank
     ablate_skip_memories: tuple[str, ...] = ()  # e.g. ("none", "first"): memories left out of retrieval
+    neighbours: int = 0  # reference: only the top-k memories (n: also the n memories after each)
+    ablate_neighbours: tuple[int, ...] = ()  # e.g. (0, 2, 4)
     skip_memories: str = "none"  # reference: every memory (special tokens removed at build) retrieves
     bank_dtype: str | None = None  # storage of the bank's keys/values (None: the model's dtype)
     diagnose: bool = True  # retrieval diagnostic and confidence of every Extended Mind answer
@@ -457,7 +459,7 @@ class _Worker:
             layers = evenly_spaced_layers(self.n_layers, cfg.layer_fraction)
             memo: dict = {}  # ablation settings equal to the main setting reuse its answers
             main = dict(topk=cfg.topk, layers=layers, position_mode=cfg.position_mode, skip_memories=cfg.skip_memories,
-                        bank_dtype=cfg.bank_dtype)
+                        bank_dtype=cfg.bank_dtype, neighbours=cfg.neighbours)
             with attach(model, bank, record=cfg.diagnose, **_attach_options(main)) as mind:
                 if "extended_mind" in cfg.conditions:
                     answers = timed("extended_mind", lambda: ask(None, mind=mind))
@@ -501,7 +503,7 @@ def _setting_key(options: dict) -> tuple:
     from thermoai.memory import canonical_position_mode
 
     return (int(options["topk"]), canonical_position_mode(options["position_mode"]), tuple(options["layers"]),
-            options.get("skip_memories", "none"), options.get("bank_dtype"))
+            options.get("skip_memories", "none"), options.get("bank_dtype"), options.get("neighbours", 0))
 
 
 def _attach_options(options: dict) -> dict:
@@ -539,7 +541,7 @@ def _diagnostic(mind, tokenizer, doc: Document, i: int, fact, item: dict, row: i
 
 def _ablation_settings(cfg: BenchmarkConfig, n_layers: int) -> list[tuple[str, object, dict]]:
     base = dict(topk=cfg.topk, position_mode=cfg.position_mode, layers=evenly_spaced_layers(n_layers, cfg.layer_fraction),
-                skip_memories=cfg.skip_memories, bank_dtype=cfg.bank_dtype)
+                skip_memories=cfg.skip_memories, bank_dtype=cfg.bank_dtype, neighbours=cfg.neighbours)
     settings = []
     for mode in cfg.ablate_position_modes:
         settings.append(("position_mode", mode, {**base, "position_mode": mode}))
@@ -549,6 +551,8 @@ def _ablation_settings(cfg: BenchmarkConfig, n_layers: int) -> list[tuple[str, o
         settings.append(("topk", k, {**base, "topk": int(k)}))
     for dtype in cfg.ablate_bank_dtypes:
         settings.append(("bank_dtype", dtype, {**base, "bank_dtype": dtype}))
+    for n in cfg.ablate_neighbours:
+        settings.append(("neighbours", n, {**base, "neighbours": int(n)}))
     for skip in cfg.ablate_skip_memories:
         settings.append(("skip_memories", skip, {**base, "skip_memories": skip}))
     return settings
@@ -927,6 +931,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ablate-bank-dtypes", nargs="*", choices=["float32", "bfloat16", "int8"])
     parser.add_argument("--ablate-skip-memories", nargs="*", choices=["none", "first", "sinks"])
     parser.add_argument("--skip-memories", choices=["none", "first", "sinks"])
+    parser.add_argument("--neighbours", type=int)
+    parser.add_argument("--ablate-neighbours", type=int, nargs="*")
     parser.add_argument("--bank-dtype", choices=["float32", "bfloat16", "int8"])
     parser.add_argument("--max-new-tokens", type=int)
     parser.add_argument("--batch-size", type=int)

@@ -138,13 +138,17 @@ class ExtendedMind:
             (the document's first token: computed at position 0 without context it is an attention sink
             that takes 35-50 % of SmolLM2's memory attention) or ``"sinks"`` (``citations.sink_memories``:
             the first token and whitespace-only tokens). Recorded indices stay bank indices.
+        neighbours: also attend to the ``n`` memories that follow each retrieved one in the document
+            (default 0, the reference). The joint softmax then holds up to ``k (n + 1)`` memories per
+            query (duplicates once), each with its own dot-product logit: a query that matches a
+            fact's subject also reads the words after it, where the answer is.
     """
 
     SKIP_MEMORIES = ("none", "first", "sinks")
 
     def __init__(self, model, bank: MemoryBank, topk: int = 10, layers=None, position_mode: str = "first",
                  distance: int | None = None, threshold: float | None = None, record: bool = False,
-                 index: str = "exact", skip_memories: str = "none"):
+                 index: str = "exact", skip_memories: str = "none", neighbours: int = 0):
         if not isinstance(bank, MemoryBank):
             raise TypeError(f"bank: expected a MemoryBank, got {type(bank).__name__}")
         base, decoder = decoder_layers(model)
@@ -176,6 +180,9 @@ class ExtendedMind:
         self.record = bool(record)
         self.index_kind = index
         self.skip_memories = skip_memories
+        if isinstance(neighbours, bool) or not isinstance(neighbours, int) or neighbours < 0:
+            raise ValueError(f"neighbours: expected an integer >= 0, got {neighbours!r}")
+        self.neighbours = neighbours
         self.active = True
         self.n_heads, self.n_kv = n_heads, n_kv
         self.steps: list[list[tuple[int, torch.Tensor, torch.Tensor]]] = []
@@ -362,6 +369,22 @@ class ExtendedMind:
         q_norm = torch.linalg.vector_norm(q, dim=-1, keepdim=True, dtype=torch.float32).clamp_min(1e-12)
         return dots, scores / q_norm, idx, flat
 
+    @staticmethod
+    def _expand(layer: _Layer, q: torch.Tensor, idx: torch.Tensor, n: int):
+        """Add the ``n`` following memories of each retrieved one: ``idx [..., k]`` -> ``[..., k (n + 1)]``
+        with their dot products, cosines, flat rows and a mask of repeated memories (kept once)."""
+        m, d = layer.unit_keys.shape[1], q.shape[-1]
+        steps = torch.arange(n + 1, device=idx.device)
+        wide = (idx[..., :, None] + steps).clamp_max(m - 1).flatten(-2)  # [b, n_kv, G, s, k (n+1)]
+        flat = wide + layer.offsets
+        keys = layer.unit_keys.view(-1, d).index_select(0, flat.reshape(-1)).view(*flat.shape, d)
+        scores = torch.matmul(keys, q.unsqueeze(-1)).squeeze(-1).to(torch.float32)
+        dots = scores * layer.key_norms.view(-1)[flat]
+        q_norm = torch.linalg.vector_norm(q, dim=-1, keepdim=True, dtype=torch.float32).clamp_min(1e-12)
+        same = wide[..., :, None] == wide[..., None, :]  # [..., K, K]
+        duplicate = same.tril(-1).any(-1)  # an earlier slot holds the same memory
+        return dots, scores / q_norm, wide, flat, duplicate
+
     def _forward(self, module, query, key, value, attention_mask, scaling, kwargs):
         layer = self._layers[module.layer_idx]
         b, n_heads, s, d = query.shape
@@ -376,9 +399,15 @@ class ExtendedMind:
         else:
             q_mem = q
         dots, sims, idx, flat = self._retrieve(layer, q_mem, k)  # [b, n_kv, G, s, k]
+        duplicate = None
+        if self.neighbours and k:
+            dots, sims, idx, flat, duplicate = self._expand(layer, q_mem, idx, self.neighbours)
+            k = idx.shape[-1]
         mem_logits = dots * scaling
         if self.threshold is not None:
             mem_logits = mem_logits.masked_fill(sims <= self.threshold, float("-inf"))
+        if duplicate is not None:
+            mem_logits = mem_logits.masked_fill(duplicate, float("-inf"))
 
         mem_values = layer.values.view(-1, d).index_select(0, flat.reshape(-1)).view(b, n_kv, g * s, k, d)
         want_weights = bool(kwargs.get("output_attentions"))
