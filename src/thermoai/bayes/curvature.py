@@ -107,7 +107,8 @@ def dense(forward: ForwardFn, outer_log_likelihood: OuterFn, params: TensorTree,
     with torch.no_grad():
         B, C = z.shape[0], H.shape[-1]
         J = flat_rows(jac, B * C).reshape(B, C, -1)
-        ggn = torch.einsum("bcd,bce,bef->df", J, H.to(J.dtype), J)
+        HJ = torch.matmul(H.to(J.dtype), J)  # (B, C, d)
+        ggn = J.reshape(B * C, -1).mT @ HJ.reshape(B * C, -1)  # one GEMM over all samples and outputs
         grad_flat = torch.einsum("bcd,bc->d", J, r.reshape(B, C).to(J.dtype))
     _, unravel = T.ravel(params)
     return GGN(value, unravel(grad_flat), ggn, aux)

@@ -260,7 +260,7 @@ def uniformity_test(r: Tensor, n_draws: int, n_bins: int) -> tuple[Tensor, Tenso
     R, d = r.shape
     n_values = n_draws + 1
     edges = torch.round(torch.linspace(0, n_values, n_bins + 1, dtype=torch.float64)).to(torch.int64)
-    which = torch.bucketize(r, edges[1:-1], right=True)  # bin index of each rank
+    which = torch.bucketize(r.contiguous(), edges[1:-1].contiguous(), right=True)  # bin index of each rank
     counts = torch.stack([torch.bincount(which[:, j], minlength=n_bins) for j in range(d)])
     expected = R * (edges[1:] - edges[:-1]).to(torch.float64) / n_values
     chi2 = ((counts.to(torch.float64) - expected) ** 2 / expected).sum(dim=1)
