@@ -40,4 +40,5 @@ EXPERIMENTS: dict[str, str] = {
     "llm_uncertainty": "thermoai.experiments.llm_uncertainty",
     "kfac": "thermoai.experiments.kfac",
     "tbi_scaling": "thermoai.experiments.tbi_scaling",
+    "sbc": "thermoai.experiments.sbc",
 }
