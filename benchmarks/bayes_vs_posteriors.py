@@ -260,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         f"device {_device_name(device)}; "
         f"model {n_params:,} parameters; {args.repeats} interleaved blocks of {args.steps} steps "
         f"(Laplace: {max(1, args.steps // 10)}) after {args.warmup} warm-up steps, median of "
-        f"{'the main thread CPU time' if args.clock == 'cpu' else 'wall-clock time'} per step."
+        f"{'the main thread CPU time' if args.clock == 'cpu' else 'wall-clock time'} per step; "
+        f"load average at the end {os.getloadavg()[0]:.1f} (other processes share the cores)."
     )
     print()
     print(header)

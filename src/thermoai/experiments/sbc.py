@@ -408,7 +408,7 @@ def plot(figures: dict[tuple[str, str], sbc.SBCResult], methods: tuple[str, ...]
             axes[i, 2 * k + 1].set_title(f"{model} {res.names[1]} p={float(res.p_values[1]):.2g}", fontsize=6)
         axes[i, 0].set_ylabel(LABELS[m], fontsize=6, rotation=0, ha="right", va="center")
     fig.suptitle("SBC rank histograms (grey: 99 % band of a uniform histogram)", fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.985))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

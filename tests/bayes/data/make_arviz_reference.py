@@ -10,6 +10,10 @@ Each case is a ``(chains, draws, 2)`` array (numpy's PCG64 with a fixed seed, st
 test does not depend on any generator): stationary AR(1) chains, chains stuck apart, a trend within chains,
 heavy tails (Student t with 2 degrees of freedom), antithetic chains (negative lag-1 correlation) and an
 odd number of draws.
+
+The committed file was made with ArviZ 0.23.4 (the newest for the benchmark environment's Python 3.11;
+the Makefile's pin, ArviZ 1.3.0, needs Python >= 3.12). ArviZ 1.3.0 (arviz-stats 1.3.3, run under Python
+3.12 on the same draws) gives the same R-hat, bulk/tail/mean ESS and MCSE of mean and sd, to 3e-16.
 """
 
 from __future__ import annotations
