@@ -36,7 +36,7 @@ bench-env: venv
 	test -x .venv-bench/bin/python || $(PY) -m venv .venv-bench
 	.venv-bench/bin/python -m pip install -q -c constraints.txt -e '.[all]'
 	.venv-bench/bin/python -m pip install -q -c constraints.txt posteriors==0.1.3 thermox==0.0.6 "jax[cpu]" \
-		kfac-jax==0.0.8 optax numpyro==0.22.0 laplace-torch==0.3 arviz==1.3.0
+		kfac-jax==0.0.8 optax numpyro==0.22.0 laplace-torch==0.3 arviz==0.23.4
 
 clean:
 	rm -rf $(VENV) .venv-bench site
