@@ -111,7 +111,8 @@ class Config:
 
 PAPER = "posteriors"
 TITLE = "Bayesian SmolLM2: epistemic uncertainty (English vs Albanian) and Laplace continual learning"
-RUN_TIME = {"quick": 240, "full": 2100}  # seconds on 2 busy CPU cores (measured: docs/results/llm_uncertainty.md)
+# wall seconds measured on the 2 cores shared with other jobs (load ~10): the full run took 1087 s of CPU time
+RUN_TIME = {"quick": 390, "full": 3000}
 
 QUICK = Config(
     seeds=(0,),
