@@ -111,8 +111,8 @@ class Config:
 
 PAPER = "posteriors"
 TITLE = "Bayesian SmolLM2: epistemic uncertainty (English vs Albanian) and Laplace continual learning"
-# wall seconds measured on the 2 cores shared with other jobs (load ~10): the full run took 1087 s of CPU time
-RUN_TIME = {"quick": 390, "full": 3000}
+# wall seconds on 2 cores: quick measured at load ~4 (124 s CPU); full at load ~10 (1087 s CPU, 2996 s wall)
+RUN_TIME = {"quick": 130, "full": 3000}
 
 QUICK = Config(
     seeds=(0,),
