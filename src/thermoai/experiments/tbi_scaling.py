@@ -49,7 +49,7 @@ from thermoai.thermo.device import Device
 NAME = "tbi_scaling"
 TITLE = "Thermodynamic Bayesian inference: sampling time and energy against dimension (ln d, d ln d)"
 PAPER = "thermo"
-RUN_TIME = {"quick": 40, "full": 1500}
+RUN_TIME = {"quick": 40, "full": 1300}
 SMOKE = {"quick": True, "smoke": True}
 EPS = 0.01
 
