@@ -118,7 +118,7 @@ def test_logistic_times(result):
 
 
 def test_smoke_run_writes_a_report(tmp_path):
-    res = tbi_scaling.run(tmp_path, **tbi_scaling.SMOKE)
+    res = tbi_scaling.run(tmp_path, **tbi_scaling.REPRODUCE["smoke"])
     assert (tmp_path / "tbi_scaling.md").exists() and res["smoke"]
     assert [s["d"] for s in res["gaussian"]["summary"]] == tbi_scaling.SMOKE_CFG["gg_dims"]
     assert all(v["reason"] for v in res["verdicts"])
