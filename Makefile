@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp
 
-.PHONY: venv run test docs bench-env clean
+.PHONY: venv run test docs results bench-env clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,11 @@ test: venv
 # the documentation site in site/; --strict: a broken reference or a missing page fails
 docs: venv
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -q
+
+# docs/results/report.md and the README's results table remade from the committed results (runs nothing)
+results: venv
+	$(BIN)/thermoai reproduce --rebuild --out docs/results
+	$(BIN)/python scripts/readme_results.py
 
 # Peers for benchmarks/ (posteriors, thermox, kfac-jax, numpyro, laplace-torch, arviz, with a CPU jax) live in
 # their own environment, never in .venv.

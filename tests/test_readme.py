@@ -64,3 +64,22 @@ def test_readme_block_runs_and_does_well(code, tmp_path):
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     _check_for(code)(done.stdout)
+
+
+def test_the_results_table_is_the_committed_report():
+    """The README's results table is made from docs/results/results.json (scripts/readme_results.py), so it
+    cannot drift from the report."""
+    import json
+
+    sys.path.insert(0, str(README.parent / "scripts"))
+    try:
+        import readme_results
+    finally:
+        sys.path.pop(0)
+    results = json.loads((README.parent / "docs" / "results" / "results.json").read_text())
+    text = README.read_text()
+    assert readme_results.updated_readme(text, results) == text, "run python scripts/readme_results.py"
+    for paper in results["papers"]:
+        assert f"**{paper['verdict']}**" in text
+    with pytest.raises(ValueError, match="no block between"):
+        readme_results.updated_readme("# a README without the markers\n", results)

@@ -764,5 +764,41 @@ def rebuild(out: str | Path, names: Iterable[str] | None = None, command: str | 
     return outcomes
 
 
+README_BEGIN = "<!-- results table: made by scripts/readme_results.py from docs/results/results.json -->"
+README_END = "<!-- end of results table -->"
+
+
+def readme_table(data: dict[str, Any], page: str = "docs/results/report.md", listed: int = 4) -> str:
+    """The README's results table from a ``results.json`` (``data``): a row per experiment with its verdicts;
+    an experiment with at most ``listed`` claims lists each, a larger one counts them and lists those not
+    reproduced; ``page`` is the report the paper names link to."""
+    rows = ["| paper | experiment | verdicts |", "|---|---|---|"]
+    for paper in data["papers"]:
+        name = f"[{paper['key']}]({page}#{_anchor(paper['title'])}): **{paper['verdict']}**"
+        for experiment in paper["experiments"]:
+            verdicts = experiment.get("verdicts") or []
+            clean = lambda v: " ".join(str(v["claim"]).split()).replace("|", "\\|")  # noqa: E731
+            if not verdicts:
+                cell = f"not tested here ({experiment.get('status', 'no saved result')})"
+            elif len(verdicts) <= listed:
+                cell = "<br>".join(f"**{v['verdict']}**: {clean(v)}" for v in verdicts)
+            else:
+                counts = {k: sum(v["verdict"] == k for v in verdicts) for k in VERDICTS}
+                cell = ", ".join(f"{n} {k}" for k, n in counts.items() if n) + " of " + f"{len(verdicts)} claims"
+                cell += "".join(f"<br>**{v['verdict']}**: {clean(v)}" for v in verdicts if v["verdict"] != "reproduced")
+            rows.append(f"| {name} | {experiment['name']} | {cell} |")
+            name = ""
+    return "\n".join(rows)
+
+
+def readme_block(data: dict[str, Any]) -> str:
+    """The README's block between :data:`README_BEGIN` and :data:`README_END`: the table and its command."""
+    return "\n".join([README_BEGIN, "", f"Made by `{data['command']}` on {data['date'][:10]} (thermoai {data['thermoai']},",
+                      f"commit {data['commit']}), paper verdicts: "
+                      + "; ".join(f"{p['key']} **{p['verdict']}**" for p in data["papers"]) + ".", "",
+                      readme_table(data), "", README_END])
+
+
 __all__ = ["PAPERS", "VERDICTS", "Paper", "Outcome", "OutputError", "reproduce", "rebuild", "render",
-           "headline_of", "normalise_verdicts", "paper_verdict", "atomic_write", "check_output_folder"]
+           "headline_of", "normalise_verdicts", "readme_table", "readme_block", "paper_verdict", "atomic_write",
+           "check_output_folder"]
