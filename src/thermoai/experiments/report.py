@@ -757,7 +757,8 @@ def rebuild(out: str | Path, names: Iterable[str] | None = None, command: str | 
             if page.exists():
                 o.page = page.name
                 paper = next((p for p in PAPERS if p.key == o.paper), None)
-                atomic_write(page, _decorate_page(page.read_text(), o, paper, {**meta, "mode": _mode_of(result)}))
+                made = {**meta, **(result.get("provenance") or {}), "mode": _mode_of(result)}  # the run that made it
+                atomic_write(page, _decorate_page(page.read_text(), o, paper, made))
         outcomes.append(o)
     meta["wall_s"] = sum(o.seconds or 0.0 for o in outcomes)
     write_report(out, outcomes, meta)

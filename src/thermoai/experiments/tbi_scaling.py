@@ -49,7 +49,7 @@ from thermoai.thermo.device import Device
 NAME = "tbi_scaling"
 TITLE = "Thermodynamic Bayesian inference: sampling time and energy against dimension (ln d, d ln d)"
 PAPER = "thermo"
-RUN_TIME = {"quick": 90, "full": 1300}  # seconds on 2 CPU cores (quick: 91 s at load 5; the logistic sweep is 85 % of it)
+RUN_TIME = {"quick": 90, "full": 4300}  # seconds on 2 shared CPU cores (quick 91 s at load 5, the logistic sweep 85 % of it; full 4285 s)
 REPRODUCE = {"smoke": {"quick": True, "smoke": True}}  # run() keywords of `thermoai reproduce --smoke`
 EPS = 0.01
 
