@@ -131,3 +131,21 @@ def test_forward_before_creating_kfac_is_explained():
     kfac = KFAC(model)
     with pytest.raises(ValueError, match="run the forward pass"):
         kfac.step()
+
+
+def test_finite_check_fast_path_and_its_fallback():
+    """The one-sync check: a NaN or an Inf anywhere is caught (also +Inf and -Inf that cancel in a sum), and
+    finite entries whose float32 sum overflows are still accepted (the element-wise fallback)."""
+    from thermoai.optim.kfac import _all_finite
+
+    ok = torch.randn(5, 7)
+    assert _all_finite([ok, ok.double()])
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        t = ok.clone()
+        t[2, 3] = bad
+        assert not _all_finite([ok, t])
+    both = ok.clone()
+    both[0, 0], both[1, 1] = float("inf"), -float("inf")
+    assert not _all_finite([both])
+    huge = torch.full((4, 4), 3e38)  # finite, but the sum is Inf in float32
+    assert not torch.isfinite(huge.sum()) and _all_finite([huge, ok])

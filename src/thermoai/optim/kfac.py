@@ -125,6 +125,19 @@ class _Layer:
         self.outputs: list[tuple[Tensor, int]] = []  # sampled Fisher: (layer output, N) of this step
 
 
+def _all_finite(tensors: list[Tensor]) -> bool:
+    """True when every element of every tensor is finite, with one host sync.
+
+    Fast path: NaN and Inf survive a sum (``inf - inf`` is NaN), so finite sums prove finite tensors; a sum
+    is one read of the tensor, where ``isfinite(t).all()`` also writes a boolean copy (about 35x slower for
+    a 1024 x 1025 matrix on one CPU thread). Only when a sum is not finite (a bad entry, or an overflow of the
+    sum itself) is each tensor checked element by element."""
+    sums = torch.stack([t.sum().float() for t in tensors])
+    if bool(torch.isfinite(sums).all()):
+        return True
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
 def _check_interval(value: Any, name: str) -> int:
     if isinstance(value, Tensor):
         value = int(value)
@@ -482,12 +495,9 @@ class KFAC:
             if factor_step:
                 items.append((layer.name, "input factor A", layer.a_sum))
                 items.append((layer.name, "output-gradient factor G", layer.g_sum))
-        if not items:
+        if not items or _all_finite([t for _, _, t in items]):
             return
-        ok = torch.stack([torch.isfinite(t).all() for _, _, t in items])
-        if bool(ok.all()):
-            return
-        bad = [(n, what, t) for (n, what, t), good in zip(items, ok.tolist()) if not good]
+        bad = [(n, what, t) for n, what, t in items if not bool(torch.isfinite(t).all())]
         n, what, t = bad[0]
         kind = "NaN" if bool(torch.isnan(t).any()) else "Inf"
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
@@ -495,13 +505,12 @@ class KFAC:
                                  "no gradient or factor was changed. Check the loss and the learning rate.")
 
     def _update_factors(self, layer: _Layer, xi: float) -> None:
-        A = layer.a_sum / layer.a_rows
-        G = layer.g_sum / layer.examples
         if layer.A is None:
-            layer.A, layer.G = A, G
+            layer.A, layer.G = layer.a_sum / layer.a_rows, layer.g_sum / layer.examples
         else:
-            layer.A.mul_(xi).add_(A, alpha=1 - xi)
-            layer.G.mul_(xi).add_(G, alpha=1 - xi)
+            # A <- xi A + (1 - xi) a_sum / rows, in place (no temporary for the batch factor)
+            layer.A.mul_(xi).add_(layer.a_sum, alpha=(1 - xi) / layer.a_rows)
+            layer.G.mul_(xi).add_(layer.g_sum, alpha=(1 - xi) / layer.examples)
 
     def _damping(self, layer: _Layer, lam: float) -> Damping:
         A, G = layer.A, layer.G
@@ -529,18 +538,16 @@ class KFAC:
         if self.kl_clip is None or not updates:
             return None
         c = self._value(self.kl_clip, "kl_clip", k, strictly=True)
-        vg = sum((U * grads[n]).sum() * self._lr_of(self._layers[n], k) ** 2 for n, U in updates.items())
+        vg = sum(torch.vdot(U.reshape(-1), grads[n].reshape(-1).to(U.dtype)) * self._lr_of(self._layers[n], k) ** 2
+                 for n, U in updates.items())
         # |.|: a preconditioner made indefinite (by a device's errors) must not escape the bound
         vg = torch.as_tensor(vg).abs()
         return torch.clamp(torch.sqrt(c / vg.clamp_min(1e-300)), max=1.0)
 
     def _check_updates(self, updates: dict[str, Tensor]) -> None:
-        if not updates:
+        if not updates or _all_finite(list(updates.values())):
             return
-        ok = torch.stack([torch.isfinite(U).all() for U in updates.values()])
-        if bool(ok.all()):
-            return
-        bad = [n for n, good in zip(updates, ok.tolist()) if not good]
+        bad = [n for n, U in updates.items() if not bool(torch.isfinite(U).all())]
         raise FloatingPointError(f"KFAC: the preconditioned gradient of layer '{bad[0]}' is not finite at step "
                                  f"{self.steps} (solver '{self.solver.name}'); no gradient was changed. Raise the "
                                  "damping.")
