@@ -11,7 +11,10 @@ on a cell) follows the overdamped OU dynamics of :mod:`thermoai.thermo.ou` in de
 
 so ``A`` is in units of 1 / time_constant (a coupling of 1 relaxes in one time constant) and
 ``sigma_th^2 = k_B T / (C V_fs^2)`` is the kT/C thermal floor of a cell (negligible at the defaults:
-4e-12 state units^2).
+4e-12 state units^2). With ``thermal="couplings"`` (:meth:`Device.process`) the thermal part is instead
+the Johnson noise of the coupling conductances themselves, ``2 sigma_th^2 A M^-1`` for a network
+``M dx = -G (x - b) ds`` (``A = M^-1 G``, ``M`` the capacitance matrix in units of ``capacitance``,
+identity by default): the fluctuation-dissipation noise whose stationary covariance is ``sigma_th^2 M^-1``.
 
 Non-idealities, each with an error model that the tests check:
 
@@ -20,8 +23,10 @@ Non-idealities, each with an error model that the tests check:
   uniform in [-q/2, q/2], variance ``q^2 / 12``; or unbiased stochastic rounding), then every entry is
   multiplied by ``1 + mismatch * eps`` with ``eps ~ N(0, 1)``: the relative spread of the physical
   couplings. The mismatch pattern is a property of the chip: it is drawn from ``seed``, per cell pair,
-  so the same device gives the same errors each time it is programmed. A symmetric matrix uses one
-  physical coupling per cell pair and stays symmetric.
+  so the same device gives the same errors each time it is programmed. Each physical array of the chip
+  (``array=``: the cells' couplings, a second capacitance network, a crossbar, bias sources) has its own
+  independent, reproducible pattern. A symmetric matrix uses one physical coupling per cell pair and
+  stays symmetric.
 * **Reading** (:meth:`Device.read`): readout noise ``N(0, readout_noise^2)``, clipping to
   ``[-adc_range, adc_range]`` and rounding to ``adc_bits`` (step ``adc_range / (2^(bits-1) - 1)``).
 
@@ -37,7 +42,9 @@ Presets (:meth:`Device.pcb_prototype`, :meth:`Device.projected_chip`) name the h
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import zlib
 from dataclasses import dataclass, fields
 from typing import Any, Callable
 
@@ -51,6 +58,8 @@ __all__ = ["Cost", "Device", "quantise", "BOLTZMANN"]
 
 BOLTZMANN = 1.380649e-23  # J / K (exact, SI 2019)
 _CHUNK_STATES = 2_000_000  # states (n * steps * d) that Device.stream holds at once
+CELL_ARRAY = "couplings"  # the name of the cells' own coupling array in Device.program
+THERMAL = ("cells", "couplings")
 
 
 @dataclass(frozen=True)
@@ -292,7 +301,8 @@ class Device:
             raise ValueError(f"{name} must have finite entries")
 
     def program(
-        self, values, generator: torch.Generator | None = None, rounding: str = "nearest"
+        self, values, generator: torch.Generator | None = None, rounding: str = "nearest", *,
+        array: str = CELL_ARRAY, array_cells: int | None = None,
     ) -> tuple[Tensor, Cost]:
         """Program a (d, d) coupling matrix or a (d,) bias vector: DAC quantisation, then mismatch.
 
@@ -301,10 +311,36 @@ class Device:
         chip's fixed pattern (drawn from ``seed`` per cell pair or cell), identical at every programming:
         use ``dataclasses.replace(device, seed=k)`` for another chip. A symmetric matrix is programmed
         with one physical coupling per cell pair (its upper triangle, mirrored), so it stays symmetric.
+
+        ``array`` names the physical array written: ``"couplings"`` (the default) is the cells' own
+        coupling array, at most ``n_cells`` rows and columns. Any other name is a separate array of the
+        chip (a second capacitance network, a crossbar, bias sources) with its own pattern, independent of
+        every other array's and reproducible (drawn from ``(seed, array)``); such an array may have more
+        rows than the chip has cells: it has ``max(n_cells, array_cells, *values.shape)`` rows and columns
+        (``array_cells`` fixes that size when blocks of different shapes are written into the same array,
+        so that a position keeps its error). Two arrays of the same shape then carry independent errors,
+        which a ratio of them (``C^-1 G``) does not cancel.
         """
+        if not isinstance(array, str) or not array:
+            raise TypeError(f"array must be a non-empty string naming a physical array; got {array!r}")
+        if array_cells is not None and (isinstance(array_cells, bool) or not isinstance(array_cells, int)
+                                        or array_cells < 1):
+            raise ValueError(f"array_cells must be a positive integer or None; got {array_cells!r}")
         x = torch.as_tensor(values)
         if not x.is_floating_point():
             x = x.to(torch.get_default_dtype())
+        if array != CELL_ARRAY or array_cells is not None:
+            if x.dim() not in (1, 2):
+                raise ValueError(f"values must be a vector or matrix; got shape {tuple(x.shape)}")
+            size = max(self.n_cells, array_cells or 0, *x.shape)
+            seed = (self.seed * 1_000_003 + zlib.crc32(array.encode())) % (2**62)
+            programmed = dataclasses.replace(self, seed=seed, n_cells=size)._program(x, generator, rounding)
+        else:
+            programmed = self._program(x, generator, rounding)
+        return programmed, self.program_cost(x.numel())
+
+    def _program(self, x: Tensor, generator: torch.Generator | None, rounding: str) -> Tensor:
+        """DAC rounding and this device's own mismatch pattern (``seed``, ``n_cells`` rows)."""
         self._check_fits(x, "values")
         symmetric = x.dim() == 2 and x.shape[0] == x.shape[1] and bool(torch.equal(x, x.mT))
         full = float(x.detach().abs().max()) if x.numel() else 0.0
@@ -317,7 +353,7 @@ class Device:
             q = q * (1 + self.mismatch * eps)
         if symmetric:
             q = torch.triu(q) + torch.triu(q, 1).mT
-        return q, self.program_cost(x.numel())
+        return q
 
     def program_cost(self, n_values: int) -> Cost:
         """Writing ``n_values`` couplings or biases: ``ceil(n / channels)`` rounds of
@@ -362,13 +398,24 @@ class Device:
             )
         return n_steps
 
-    def process(self, A, D=2.0, b=None) -> OUProcess:
+    def process(self, A, D=2.0, b=None, *, thermal: str = "cells", capacitance=None) -> OUProcess:
         """The OU process that cells with programmed couplings ``A`` (d, d) follow, in device time (time
-        constants): ``dx = -A (x - b) ds + sqrt(D_eff) dW_s`` with ``D_eff = noise_scale^2 D + 2 sigma_th^2 I``.
+        constants): ``dx = -A (x - b) ds + sqrt(D_eff) dW_s`` with ``D_eff = noise_scale^2 D + D_th``.
 
         ``D`` is the requested diffusion in state units^2 per time constant: a scalar (``D I``), (d,)
-        (``diag(D)``) or (d, d). ``b`` (d,) is the fixed point (zeros if None). Raises ValueError for an
-        unstable ``A``, an invalid ``D`` or a matrix larger than the device."""
+        (``diag(D)``) or (d, d). ``b`` (d,) is the fixed point (zeros if None). The thermal part ``D_th``:
+
+        * ``thermal="cells"`` (default): ``2 sigma_th^2 I``, each cell's own kT/C floor;
+        * ``thermal="couplings"``: the Johnson noise of the coupling conductances of a network
+          ``M dx = -G (x - b) ds`` with ``A = M^-1 G`` (``capacitance``: the (d, d) SPD matrix ``M`` in units
+          of :attr:`capacitance`, identity if None): ``D_th = 2 sigma_th^2 M^-1 G M^-1 = 2 sigma_th^2 A M^-1``
+          (symmetrised). Alone it gives the stationary covariance ``sigma_th^2 M^-1`` whatever ``G`` is (the
+          fluctuation-dissipation theorem).
+
+        Raises ValueError for an unstable ``A``, an invalid ``D``, ``thermal`` or ``capacitance``, or a matrix
+        larger than the device."""
+        if thermal not in THERMAL:
+            raise ValueError(f"thermal must be one of {THERMAL}; got {thermal!r}")
         A = torch.as_tensor(A)
         if not A.is_floating_point():
             A = A.to(torch.get_default_dtype())
@@ -376,23 +423,45 @@ class Device:
             raise ValueError(f"A must be a (d, d) matrix; got shape {tuple(A.shape)}")
         self._check_fits(A, "A")
         d = A.shape[0]
+        eye = torch.eye(d, dtype=A.dtype, device=A.device)
         Dt = torch.as_tensor(D, dtype=A.dtype, device=A.device)
         if Dt.dim() == 0:
-            Dt = Dt * torch.eye(d, dtype=A.dtype, device=A.device)
+            Dt = Dt * eye
         elif Dt.dim() == 1:
             if Dt.shape[0] != d:
                 raise ValueError(f"D as a vector must have shape ({d},); got {tuple(Dt.shape)}")
             Dt = torch.diag(Dt)
-        D_eff = self.noise_scale**2 * Dt + 2 * self.thermal_variance * torch.eye(d, dtype=A.dtype, device=A.device)
-        return OUProcess(A, D_eff, b)
+        if thermal == "cells":
+            if capacitance is not None:
+                raise ValueError("capacitance is used with thermal='couplings' only")
+            D_th = 2 * self.thermal_variance * eye
+        elif capacitance is None:
+            D_th = self.thermal_variance * (A + A.mT)
+        else:
+            M = torch.as_tensor(capacitance, dtype=A.dtype, device=A.device)
+            if M.shape != (d, d) or not bool(torch.isfinite(M).all()):
+                raise ValueError(f"capacitance must be a finite ({d}, {d}) matrix; got shape {tuple(M.shape)}")
+            LM, info = torch.linalg.cholesky_ex(0.5 * (M + M.mT))
+            if int(info) != 0:
+                raise ValueError("capacitance must be symmetric positive definite (a Maxwell matrix)")
+            AMinv = torch.cholesky_solve(A.mT, LM).mT  # A M^-1
+            D_th = self.thermal_variance * (AMinv + AMinv.mT)
+        return OUProcess(A, self.noise_scale**2 * Dt + D_th, b)
 
-    def operating_cost(self, n_runs: int, d: int, seconds: float, conversions: int) -> Cost:
-        """Cost of ``n_runs`` runs made one after another, each keeping ``d`` cells (and their ``d^2``
-        couplings) on for ``seconds``, with ``conversions`` ADC conversions in all: time ``n_runs seconds``,
-        energy ``n_runs (d power_per_cell + d^2 power_per_coupling) seconds + conversions
-        adc_energy_per_conversion``. The cost model of :meth:`run` and :meth:`stream`; protocols that drive
-        the cells otherwise (e.g. a quench ladder) charge through it too."""
-        static_w = d * self.power_per_cell + d * d * self.power_per_coupling
+    def operating_cost(self, n_runs: int, d: int, seconds: float, conversions: int, *,
+                       cells: int | None = None, couplings: int | None = None) -> Cost:
+        """Cost of ``n_runs`` runs made one after another, each keeping ``cells`` cells (default ``d``) and
+        ``couplings`` couplings (default ``d^2``) on for ``seconds``, with ``conversions`` ADC conversions in
+        all: time ``n_runs seconds``, energy ``n_runs (cells power_per_cell + couplings power_per_coupling)
+        seconds + conversions adc_energy_per_conversion``. The cost model of :meth:`run` and :meth:`stream`;
+        protocols that drive the cells otherwise (e.g. a quench ladder) or that keep other elements on
+        (a circuit's sigmoid cells and crossbar couplings: pass their counts) charge through it too."""
+        cells = d if cells is None else cells
+        couplings = d * d if couplings is None else couplings
+        for name, v in (("cells", cells), ("couplings", couplings)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be a non-negative integer; got {v!r}")
+        static_w = cells * self.power_per_cell + couplings * self.power_per_coupling
         energy = n_runs * static_w * seconds + conversions * self.adc_energy_per_conversion
         return Cost(n_runs * seconds, energy)
 

@@ -1,5 +1,4 @@
-"""Shared pieces of the posterior circuits: input checks, Gaussian KL, passive-network tests, programming of
-separate physical arrays.
+"""Shared pieces of the posterior circuits: input checks, Gaussian KL, passive-network tests.
 
 Everything here works in float64: element values, posteriors and KL divergences are computed once per
 circuit (O(d^3)), and the simulated dynamics run in float64 too.
@@ -7,15 +6,13 @@ circuit (O(d^3)), and the simulated dynamics run in float64 too.
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import zlib
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from thermoai.thermo.device import Cost, Device
+from thermoai.thermo.device import Device
 
 F64 = torch.float64
 
@@ -26,7 +23,6 @@ __all__ = [
     "check_device",
     "gaussian_kl",
     "passive_realisation",
-    "program_array",
 ]
 
 
@@ -151,25 +147,3 @@ def passive_realisation(M: Tensor, rtol: float = 1e-12) -> dict[str, Any]:
     neg_ground = int((M.sum(1) < -tol).sum())
     return {"passive": pos == 0 and neg_ground == 0, "positive_off_diagonal": pos, "negative_ground": neg_ground,
             "active_elements": pos + neg_ground}
-
-
-def program_array(device: Device, values: Tensor, array: str, rounding: str = "nearest",
-                  generator: torch.Generator | None = None, n_cells: int | None = None) -> tuple[Tensor, Cost]:
-    """Program ``values`` into a physical array of the chip named ``array``, through :meth:`Device.program`.
-
-    ``Device.program`` draws its mismatch pattern from ``device.seed`` alone, so two matrices of the same
-    shape (the capacitances and the conductances of one network, say) would get the same relative errors,
-    which cancel in ``C^-1 G``. Distinct components have independent errors: every array other than
-    ``"couplings"`` is programmed on a copy of the device whose seed is derived from ``(seed, array)``
-    (stable across runs) and whose ``n_cells`` covers the array (a crossbar may have more rows than the chip
-    has cells; pass ``n_cells`` to fix the array's size when blocks of different sizes are written into it, so
-    that the same positions keep the same errors). Quantisation and mismatch model are the device's own; the
-    cost is ``device.program_cost(values.numel())``.
-    """
-    if array == "couplings" and n_cells is None and all(s <= device.n_cells for s in values.shape):
-        return device.program(values, generator=generator, rounding=rounding)
-    seed = (device.seed * 1_000_003 + zlib.crc32(array.encode())) % (2**62)
-    n_cells = max(device.n_cells, *values.shape) if n_cells is None else max(n_cells, *values.shape)
-    twin = dataclasses.replace(device, seed=seed, n_cells=n_cells)
-    programmed, _ = twin.program(values, generator=generator, rounding=rounding)
-    return programmed, device.program_cost(values.numel())

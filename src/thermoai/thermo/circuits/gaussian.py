@@ -84,7 +84,6 @@ from thermoai.thermo.circuits._common import (
     check_device,
     gaussian_kl,
     passive_realisation,
-    program_array,
 )
 from thermoai.thermo.device import BOLTZMANN, Cost, Device
 from thermoai.thermo.ou import OUProcess
@@ -298,45 +297,47 @@ class GaussianPosteriorCircuit:
         costs: list[Cost] = []
         if self.design == "rc":
             Cn, Gn, i_n = P / self._pmax, P / self._pmax, self._rhs / (s * self._pmax)
-            Cq, c = program_array(dev, Cn, "couplings", rnd)
+            Cq, c = dev.program(Cn, rounding=rnd, array="couplings")
             costs.append(c)
-            Gq, c = program_array(dev, Gn, "conductances", rnd)
+            Gq, c = dev.program(Gn, rounding=rnd, array="conductances")
             costs.append(c)
-            iq, c = program_array(dev, i_n, "sources", rnd)
+            iq, c = dev.program(i_n, rounding=rnd, array="sources")
             costs.append(c)
-            gain, c = program_array(dev, torch.ones(1, dtype=F64), "noise", rnd)
+            gain, c = dev.program(torch.ones(1, dtype=F64), rounding=rnd, array="noise")
             costs.append(c)
-            # T_total / T_n: the injected (amplified) part scales with the programmed gain and noise_scale
-            t_ratio = sig_th2 * self._pmax * s * s  # T / T_n
-            if self.noise == "injected":
-                t_ratio = t_ratio + (float(gain[0]) * dev.noise_scale) ** 2 * (1 - t_ratio)
             LC, info = torch.linalg.cholesky_ex(Cq)
             if int(info) != 0:
                 raise ValueError("the programmed capacitance matrix is not positive definite: the DAC step or "
                                  "mismatch of this device is too coarse for this precision")
             A = torch.cholesky_solve(Gq, LC)
+            # the conductances' Johnson noise at the device temperature is the process's thermal part
+            # (2 k T C^-1 G C^-1); the injected (amplified) part brings the total to T_n, scaled by the
+            # programmed gain (and by noise_scale, in Device.process)
             Cinv = torch.cholesky_inverse(LC)
-            D = (2 * t_ratio / (self._pmax * s * s)) * (Cinv @ Gq @ Cinv)
+            t_ratio = sig_th2 * self._pmax * s * s  # T / T_n
+            injected = float(gain[0]) ** 2 * (1 - t_ratio) if self.noise == "injected" else 0.0
+            D_req = (2 * injected / (self._pmax * s * s)) * (Cinv @ Gq @ Cinv)
+            capacitance = Cq
         else:
             Gn, i_n = P / self._rho, self._rhs / (s * self._rho)
-            Gq, c = program_array(dev, Gn, "couplings", rnd)
+            Gq, c = dev.program(Gn, rounding=rnd, array="couplings")
             costs.append(c)
-            iq, c = program_array(dev, i_n, "sources", rnd)
+            iq, c = dev.program(i_n, rounding=rnd, array="sources")
             costs.append(c)
-            A = Gq
-            D = 2 * sig_th2 * Gq  # Johnson noise of the couplings, 2 k T G / C0^2 in state units
+            A, capacitance = Gq, None  # identical capacitors C0: the couplings' Johnson noise is 2 k T G / C0^2
+            D_req = torch.zeros(self.d, self.d, dtype=F64)
             if self.noise == "injected":
-                amp, c = program_array(dev, torch.full((self.d,), math.sqrt(2 / (self._rho * s * s)), dtype=F64),
-                                       "noise", rnd)
+                amp, c = dev.program(torch.full((self.d,), math.sqrt(2 / (self._rho * s * s)), dtype=F64),
+                                     rounding=rnd, array="noise")
                 costs.append(c)
-                D = D + dev.noise_scale**2 * torch.diag(amp * amp)
-        D = 0.5 * (D + D.mT)
+                D_req = torch.diag(amp * amp)
         try:
             b = torch.linalg.solve(Gq, iq)
-            proc = OUProcess(A, D, b)
+            proc = dev.process(A, 0.5 * (D_req + D_req.mT), b, thermal="couplings", capacitance=capacitance)
         except (ValueError, RuntimeError) as e:
             raise ValueError(f"the programmed circuit is not a stable sampler on this device ({e}); use more "
                              "dac_bits or less mismatch") from e
+        D = proc.D
         self._built = {"A": A, "D": D, "b": b, "process": proc, "programming": sum(costs, Cost())}
         return self._built
 

@@ -71,7 +71,6 @@ from thermoai.thermo.circuits._common import (
     as_matrix,
     as_vector,
     check_device,
-    program_array,
 )
 from thermoai.thermo.device import BOLTZMANN, Cost, Device
 from thermoai.thermo.ou import OUProcess, euler_maruyama, exponential_integrator
@@ -274,10 +273,10 @@ class LogisticPosteriorCircuit:
             return self._built
         dev, rnd, d = self.device, self.rounding, self.d
         pmax = float(torch.diagonal(self._Pp).max())
-        Cq, c1 = program_array(dev, self._Pp / pmax, "couplings", rnd)
-        Gq, c2 = program_array(dev, self._Pp / pmax, "conductances", rnd)
-        src, c3 = program_array(dev, self._Pp @ self.prior_mean / pmax, "sources", rnd)
-        gain, c4 = program_array(dev, torch.ones(1, dtype=F64), "noise", rnd)
+        Cq, c1 = dev.program(self._Pp / pmax, rounding=rnd, array="couplings")
+        Gq, c2 = dev.program(self._Pp / pmax, rounding=rnd, array="conductances")
+        src, c3 = dev.program(self._Pp @ self.prior_mean / pmax, rounding=rnd, array="sources")
+        gain, c4 = dev.program(torch.ones(1, dtype=F64), rounding=rnd, array="noise")
         LC, info = torch.linalg.cholesky_ex(Cq)
         if int(info) != 0:
             raise ValueError("the programmed prior network is not positive definite: the DAC step or mismatch "
@@ -293,10 +292,10 @@ class LogisticPosteriorCircuit:
         cells = max(dev.n_cells, self.array_rows, d)
         X_in, X_out, y_q = [], [], []
         for rows in self.batches:
-            X_in.append(program_array(dev, self.X[rows], "crossbar_in", rnd, n_cells=cells)[0])
-            X_out.append(program_array(dev, self.X[rows], "crossbar_out", rnd, n_cells=cells)[0])
+            X_in.append(dev.program(self.X[rows], rounding=rnd, array="crossbar_in", array_cells=cells)[0])
+            X_out.append(dev.program(self.X[rows], rounding=rnd, array="crossbar_out", array_cells=cells)[0])
             yb = self.y[rows]
-            y_q.append(program_array(dev, yb, "labels", rnd, n_cells=cells)[0] if bool((yb != 0).any()) else yb)
+            y_q.append(dev.program(yb, rounding=rnd, array="labels", array_cells=cells)[0] if bool((yb != 0).any()) else yb)
         setup = c1 + c2 + c3 + c4
         per_batch = self._program_cost(2 * self.array_rows * d + self.array_rows)
         self._built = {"M": M, "Gp": Gp, "bp": bp, "D": D, "T": T, "X_in": torch.cat(X_in),
@@ -486,11 +485,10 @@ class LogisticPosteriorCircuit:
             on_s = run_s + switches * b["per_batch"].time
         else:
             prog, on_s = b["full"], run_s
-        dynamics = dev.operating_cost(chains, self.d, on_s, chains * k * self.d)
-        # the sigmoid cells and crossbar couplings, at the device's per-cell and per-coupling power
+        # the node cells and their couplings, plus the sigmoid cells and the two crossbars' couplings
         rows = self.array_rows
-        extra_w = rows * dev.power_per_cell + 2 * rows * self.d * dev.power_per_coupling
-        dynamics = dynamics + Cost(0.0, chains * extra_w * on_s)
+        dynamics = dev.operating_cost(chains, self.d, on_s, chains * k * self.d, cells=self.d + rows,
+                                      couplings=self.d * self.d + 2 * rows * self.d)
         cost = prog + dynamics
         if not info:
             return samples, cost
