@@ -226,3 +226,28 @@ def test_progress_bar_counts_document_tokens(tiny, doc_ids, monkeypatch):
     monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
     MemoryBank.build(tiny, ids=doc_ids, window=32, stride=8, progress=True)
     assert seen["total"] == seen["done"] == 80 and "document tokens" in seen["desc"]
+
+
+@pytest.mark.parametrize("n", [5, 12, 13, 22, 29, 30])
+def test_prefix_equals_a_build_on_the_prefix(tiny, doc_ids, n):
+    ids = doc_ids[:30].clone()
+    ids[7] = 1  # a special token: removed, so memory count and positions differ
+    bank = MemoryBank.build(tiny, ids=ids, window=12, stride=4, progress=False)
+    cut, built = bank.prefix(n), MemoryBank.build(tiny, ids=ids[:n], window=12, stride=4, progress=False)
+    assert cut.n_positions == built.n_positions == n and len(cut) == len(built)
+    assert torch.equal(cut.positions, built.positions) and torch.equal(cut.token_ids, built.token_ids)
+    torch.testing.assert_close(cut.keys, built.keys)
+    torch.testing.assert_close(cut.values, built.values)
+    q8 = bank.to(dtype="int8").prefix(n)
+    assert q8.quantized and q8.key_scales.shape == q8.keys.shape[:3]
+
+
+def test_prefix_bad_lengths(tiny, doc_ids):
+    bank = MemoryBank.build(tiny, ids=doc_ids[:20], window=12, stride=4, progress=False)
+    for bad in (0, 21, 3.0, True):
+        with pytest.raises(ValueError, match="n_tokens"):
+            bank.prefix(bad)
+    with pytest.warns(UserWarning):
+        capped = MemoryBank.build(tiny, ids=doc_ids[:20], window=12, stride=4, max_tokens=10, progress=False)
+    with pytest.raises(ValueError, match="dropped"):
+        capped.prefix(15)

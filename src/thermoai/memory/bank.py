@@ -236,6 +236,32 @@ class MemoryBank:
             self.stride, self.max_tokens, self.dropped, self.remove_special, dict(self.extra), key_scales, value_scales,
         )
 
+    def prefix(self, n_tokens: int) -> "MemoryBank":
+        """The bank of the document's first ``n_tokens`` tokens, cut from this one (no forward pass).
+
+        The windows of a build start at ``0, stride, 2 stride, ...`` whatever the document's length and
+        attention is causal, so a memory's key and value depend only on the tokens of its window up to
+        itself: building on the first ``n_tokens`` tokens gives the memories at positions
+        ``< n_tokens`` of this bank (equal up to float rounding). One build of a long document then
+        serves every shorter prefix (the perplexity experiment's input lengths). ``n_positions``
+        becomes ``n_tokens``; banks with dropped memories (``max_tokens``) are refused.
+        """
+        if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or not 1 <= n_tokens <= self.n_positions:
+            raise ValueError(f"n_tokens: expected an integer in [1, {self.n_positions}], got {n_tokens!r}")
+        if self.dropped:
+            raise ValueError(f"n_tokens: this bank dropped its {self.dropped} oldest memories (max_tokens), "
+                             "so it holds no complete prefix")
+        m = int((self.positions < n_tokens).sum())  # positions are increasing
+        if m == 0:
+            raise ValueError(f"n_tokens: the first {n_tokens} tokens hold no memory (all special tokens)")
+        cut = lambda t: None if t is None else t[:, :, :m]  # noqa: E731
+        text, spans = self.text, self.char_spans[:m]
+        return MemoryBank(
+            cut(self.keys), cut(self.values), self.token_ids[:m], self.positions[:m], spans, text, n_tokens,
+            self.model, self.config_hash, self.fingerprint, self.window, self.stride, self.max_tokens, 0,
+            self.remove_special, dict(self.extra), cut(self.key_scales), cut(self.value_scales),
+        )
+
     def span(self, index: int) -> tuple[int, int]:
         """Character span ``(start, end)`` of memory ``index`` in ``text`` ((-1, -1) if unknown)."""
         start, end = self.char_spans[index].tolist()
