@@ -27,13 +27,17 @@ Parts of the report:
     error over seeds of the final training loss, steps to the target (the loss Adam reaches at the end of
     the budget), and the *share of K-FAC's advantage kept*, ``(L_Adam - L_thermo) / (L_Adam - L_KFAC)`` (1:
     all of it; 0: none; negative: worse than Adam), with its delta-method standard error.
-(c) **Speed-up predictor**: a hook (:func:`_speedup_section`) for :mod:`thermoai.optim.speedup`, which is
-    written separately; until then the report says so.
+(c) **Speed-up predictor** (:mod:`thermoai.optim.speedup`, every formula there): predicted seconds per step
+    of Adam, digital K-FAC and thermodynamic K-FAC (methods 1 and 2) for the AlgoPerf ViT-S/16 and ogbg GNN
+    presets and for square MLPs of widths 256 .. 8192, on the projected chip against an H100; the advantage
+    over digital K-FAC (per step) and over Adam (time to a target, K-FAC taking ``steps_ratio`` of Adam's
+    steps) as n grows.
 
-Claims checked, each with a verdict (reproduced / partly / not) and its reason: inversion dominates the
-digital K-FAC step at large width; K-FAC's advantage over Adam is largely preserved under input and under
-output quantisation; ``KFAC(model)`` with its defaults and SGD beats tuned Adam on the deep autoencoder at a
-fixed step budget.
+Claims checked, each with a verdict (reproduced / partly / not reproduced / not tested here) and its reason,
+by :func:`headline` from the saved numbers alone: inversion dominates the digital K-FAC step at large width;
+the predicted advantage grows with n; K-FAC's advantage over Adam is largely preserved under input and under
+output quantisation; substantial predicted speed-ups for ViT and GNN; ``KFAC(model)`` with its defaults and
+SGD beats tuned Adam on the deep autoencoder at a fixed step budget.
 """
 
 from __future__ import annotations
@@ -81,6 +85,15 @@ class Config:
     timing_repeats: int = 3
     test_fraction: float = 0.2
     split_seed: int = 0
+    # (c) speed-up predictor (thermoai.optim.speedup): the presets with their batch sizes (AlgoPerf's
+    # reference batches, an assumption), the square-MLP width sweep, and the predictor's unknowns
+    presets: tuple[tuple[str, int], ...] = (("vit_s16", 1024), ("ogbg_gnn", 512))
+    sweep_widths: tuple[int, ...] = (256, 512, 1024, 2048, 4096, 8192)
+    sweep_depth: int = 4
+    sweep_batch: int = 128
+    kappa: float = 100.0
+    speedup_tol: float = 0.1
+    steps_ratios: tuple[float, ...] = (0.5, 0.75)
 
     def steps_for(self, model: str) -> int:
         return dict(self.steps)[model]
@@ -89,9 +102,12 @@ class Config:
         return dict(self.lr_grid)[method]
 
 
-QUICK = Config(seeds=(0, 1), steps=(("autoencoder", 60), ("mlp", 30), ("cnn", 30)), eval_every=10,
-               lr_grid=(("sgd", (0.03,)), ("adam", (1e-2,)), ("kfac", (0.3,))), bits=(4, 16),
+QUICK = Config(seeds=(0, 1), steps=(("autoencoder", 30), ("mlp", 20), ("cnn", 20)), eval_every=10,
+               lr_grid=(("sgd", (0.03,)), ("adam", (3e-3, 1e-2)), ("kfac", (0.1, 0.3))), bits=(4, 8),
                widths=(64, 128), timing_repeats=1)
+SMOKE = Config(seeds=(0,), steps=(("autoencoder", 6), ("mlp", 3), ("cnn", 3)), eval_every=3,
+               lr_grid=(("sgd", (0.03,)), ("adam", (1e-2,)), ("kfac", (0.3,))), bits=(4,), widths=(32,),
+               timing_repeats=1)
 QUANTISATIONS = ("input", "output-inverse", "output-update")
 
 
@@ -246,11 +262,14 @@ def steps_to(curve: list[tuple[int, float]], target: float) -> int | None:
 
 
 def share_kept(l_adam: tuple[float, float], l_kfac: tuple[float, float], l_q: tuple[float, float]) -> tuple[float, float]:
-    """``(L_adam - L_q) / (L_adam - L_kfac)`` and its delta-method standard error (independent means)."""
+    """``(L_adam - L_q) / (L_adam - L_kfac)`` and its delta-method standard error (independent means); NaN when
+    digital K-FAC has no advantage to keep (``L_kfac >= L_adam``), -inf when the quantised run diverged."""
     (a, sa), (k, sk), (q, sq) = l_adam, l_kfac, l_q
     den = a - k
-    if not all(map(math.isfinite, (a, k, q))) or den == 0:
-        return (-math.inf if not math.isfinite(q) else math.nan), math.nan
+    if not all(map(math.isfinite, (a, k))) or den <= 0:
+        return math.nan, math.nan
+    if not math.isfinite(q):
+        return -math.inf, math.nan
     s = (a - q) / den
     # d s / d a = (q - k) / den^2, d s / d q = -1 / den, d s / d k = (a - q) / den^2
     se = math.sqrt(((q - k) / den**2 * sa) ** 2 + (sq / den) ** 2 + ((a - q) / den**2 * sk) ** 2)
@@ -336,22 +355,59 @@ def step_time_breakdown(cfg: Config) -> list[dict[str, Any]]:
     return rows
 
 
-# ------------------------------------------------------------------------------------------- (c) hook
+# ------------------------------------------------------------------------------------ (c) speed-up predictor
 
 
-def _speedup_section(result: dict[str, Any]) -> list[str] | None:
-    """HOOK for part (c), the speed-up predictor: :mod:`thermoai.optim.speedup` (written separately) fills
-    ``result["speedup"]`` and the report section here. Returns None while it does not exist."""
-    return None
+def _times(t: Any, ratios: tuple[float, ...]) -> dict[str, Any]:
+    """The predictor's :class:`~thermoai.optim.speedup.StepTimes` as JSON numbers (no formula here)."""
+    return {"adam_s": t.adam_s, "kfac_digital_s": t.kfac_digital_s, "kfac_thermo_s": t.kfac_thermo_s,
+            "speedup_vs_kfac": t.speedup_vs_kfac, "device_energy_j": t.device_energy_j,
+            "speedup_vs_adam": {str(r): t.speedup_vs_adam(r) for r in ratios},
+            "digital_kfac_vs_adam": {str(r): t.digital_kfac_vs_adam(r) for r in ratios},
+            "breakdown": t.breakdown}
+
+
+def speedup_study(cfg: Config) -> dict[str, Any]:
+    """Part (c): :func:`thermoai.optim.speedup.predict` on the ViT-S/16 and ogbg GNN presets and on square
+    MLPs of ``cfg.sweep_widths`` (depth ``cfg.sweep_depth``, batch ``cfg.sweep_batch``), methods 1 and 2, on
+    the predictor's default device (projected chip) and digital hardware (H100)."""
+    from thermoai.optim import speedup as S
+
+    kw = {"kappa": cfg.kappa, "tol": cfg.speedup_tol}
+    presets: dict[str, Any] = {}
+    for name, batch in cfg.presets:
+        layers = S.PRESETS[name]()
+        presets[name] = {"batch": batch, "layers": len(layers), "copies": sum(x.count for x in layers)}
+        for m in (1, 2):
+            presets[name][f"method{m}"] = _times(S.predict(layers, batch, method=m, **kw), cfg.steps_ratios)
+    sweep: dict[str, list[dict[str, Any]]] = {}
+    for m in (1, 2):
+        rows = []
+        for n in cfg.sweep_widths:
+            t = S.predict(S.mlp([n] * (cfg.sweep_depth + 1)), cfg.sweep_batch, method=m, **kw)
+            rows.append({"width": n, **_times(t, cfg.steps_ratios)})
+        sweep[f"method{m}"] = rows
+    return {"presets": presets, "sweep": sweep, "kappa": cfg.kappa, "tol": cfg.speedup_tol,
+            "steps_ratios": list(cfg.steps_ratios), "depth": cfg.sweep_depth, "batch": cfg.sweep_batch}
 
 
 # ------------------------------------------------------------------------------------------------- run
 
+TITLE = "thermodynamic K-FAC: step-time breakdown, quantisation study on digits, speed-up predictions"
+PAPER = "kfac"
+RUN_TIME = {"quick": 90, "full": 4800}  # seconds on 2 shared CPU cores (the full run: estimate from the quick one)
+REPRODUCE = {"smoke": {"quick": True, "config": SMOKE}, "quick": {"quick": True}, "full": {"quick": False}}
 
-def run(out_dir: Path, quick: bool = False) -> dict:
+
+def run(out_dir: Path, quick: bool = False, config: Config | None = None) -> dict:
+    """Parts (a), (b) and (c) at the sizes of ``config`` (default :data:`QUICK` if ``quick`` else the full
+    :class:`Config`); writes ``kfac.md``, ``kfac.json`` and ``kfac.png`` into ``out_dir`` and returns the
+    numbers with the report's ``verdicts``, ``summary`` and ``seeds`` (:func:`headline`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = QUICK if quick else Config()
+    if config is not None and not isinstance(config, Config):
+        raise TypeError(f"config must be a kfac.Config or None; got {type(config).__name__}")
+    cfg = config if config is not None else (QUICK if quick else Config())
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -359,17 +415,20 @@ def run(out_dir: Path, quick: bool = False) -> dict:
         data = load_data(cfg)
         breakdown = step_time_breakdown(cfg)
         studies = {kind: quantisation_study(kind, cfg, data) for kind in MODELS}
+        speedup = speedup_study(cfg)
         seconds = time.perf_counter() - t0
     finally:
         torch.set_num_threads(torch_threads)
-    result: dict[str, Any] = {"config": asdict(cfg), "quick": quick, "breakdown": breakdown, "studies": studies,
-                              "device": dataclasses.asdict(study_device()), "seconds": seconds}
-    result["verdicts"] = verdicts(result)
-    section = _speedup_section(result)
-    (out_dir / f"{NAME}.json").write_text(json.dumps(result, indent=1, default=_json_default))
+    result: dict[str, Any] = {"config": asdict(cfg), "quick": bool(quick), "breakdown": breakdown,
+                              "studies": studies, "speedup": speedup, "device": dataclasses.asdict(study_device()),
+                              "seconds": seconds}
+    # the report reads verdicts from the saved numbers alone (headline), so the page and a --rebuild agree
+    result = json.loads(json.dumps(result, default=_json_default))
+    (out_dir / f"{NAME}.json").write_text(json.dumps(result, indent=1))
+    head = headline(result)
     _plot(result, out_dir / f"{NAME}.png")
-    (out_dir / f"{NAME}.md").write_text(_markdown(result, section))
-    return result
+    (out_dir / f"{NAME}.md").write_text(_markdown(result, head))
+    return {**result, **head}
 
 
 def _json_default(x: Any) -> Any:
@@ -381,54 +440,146 @@ def _json_default(x: Any) -> Any:
 # ---------------------------------------------------------------------------------------------- verdicts
 
 
-def verdicts(result: dict[str, Any]) -> dict[str, dict[str, str]]:
-    """Each claim with a verdict and its reason, from the numbers alone."""
-    out: dict[str, dict[str, str]] = {}
+def _reference_bits(bits: list[int]) -> int:
+    """The bit width the quantisation verdict is read at: 8 if swept, else the smallest of at least 8."""
+    return 8 if 8 in bits else min((b for b in bits if b >= 8), default=max(bits))
+
+
+def _grid_edge(st: dict[str, Any], method: str, grid: list[float]) -> str | None:
+    """``"lowest"``/``"highest"`` when the tuned rate is at an end of a grid of several rates, else None."""
+    if len(grid) < 2:
+        return None
+    lr = st["lr"][method]
+    return "lowest" if lr == min(grid) else ("highest" if lr == max(grid) else None)
+
+
+def headline(result: dict[str, Any]) -> dict[str, Any]:
+    """The report's verdicts (one per claim, with its reason), headline table and seeds, from the numbers of
+    ``kfac.json`` alone."""
+    verdicts: list[dict[str, str]] = []
     rows = result["breakdown"]
     dominant = [r["width"] for r in rows if r["fraction"]["inverse"] == max(r["fraction"].values())]
     widest = rows[-1]
     if dominant and dominant[-1] == widest["width"] and all(r["width"] in dominant for r in rows if r["width"] >= dominant[0]):
         v = "reproduced"
-        why = (f"the inversion is the largest part of the step from width {dominant[0]} on "
+        why = (f"measured: the inversion is the largest part of the step from width {dominant[0]} on "
                f"({100 * widest['fraction']['inverse']:.0f} % of the step at width {widest['width']})")
     elif dominant:
-        v, why = "partly", f"the inversion is the largest part only at widths {dominant}"
+        v, why = "partly", f"measured: the inversion is the largest part only at widths {dominant}"
     else:
-        v = "not"
-        why = (f"the inversion is never the largest part; at width {widest['width']} it is "
-               f"{100 * widest['fraction']['inverse']:.0f} %")
-    out["inversion dominates digital K-FAC at large width"] = {"verdict": v, "reason": why}
+        v = "not reproduced"
+        why = (f"measured: the inversion is never the largest part up to width {widest['width']} "
+               f"({100 * widest['fraction']['inverse']:.0f} % there)")
+    verdicts.append({"claim": "the O(n^3) inversion comes to dominate the digital K-FAC step as the width n grows "
+                              "(the premise of the complexity analysis)", "verdict": v,
+                     "reason": why + "; factors and eigh inverses every step, one CPU thread"})
+
+    sp = result["speedup"]
+    sweep2 = sp["sweep"]["method2"]
+    ratios = [r["speedup_vs_kfac"] for r in sweep2]
+    widths = [r["width"] for r in sweep2]
+    rising = all(b > a for a, b in zip(ratios, ratios[1:]))
+    wins = [w for w, x in zip(widths, ratios) if x > 1]
+    span = f"{ratios[0]:.3g}x at n = {widths[0]} to {ratios[-1]:.3g}x at n = {widths[-1]}"
+    if rising and wins:
+        v, why = "reproduced", f"predicted (method 2): the advantage over digital K-FAC rises from {span}; above 1 from n = {wins[0]}"
+    elif rising:
+        v, why = "partly", (f"predicted (method 2): the advantage over digital K-FAC rises with n ({span}) but stays "
+                            f"below 1 up to n = {widths[-1]} on the projected chip (kappa {sp['kappa']:g}, tol {sp['tol']:g})")
+    else:
+        v, why = "not reproduced", f"predicted (method 2): the ratio does not rise with n ({span})"
+    verdicts.append({"claim": "the predicted advantage of thermodynamic K-FAC grows with n, the neurons per layer",
+                     "verdict": v, "reason": why})
 
     bits = result["config"]["bits"]
-    ref = 8 if 8 in bits else min((b for b in bits if b >= 8), default=max(bits))
-    kept, lost = [], []
+    ref = _reference_bits(bits)
+    kept, lost, none = [], [], []
     for kind, st in result["studies"].items():
+        (la, _), (lk, _) = st["summary"]["adam"]["final_train_loss"], st["summary"]["kfac"]["final_train_loss"]
+        if not float(la) > float(lk):
+            none.append(f"{kind} (K-FAC {float(lk):.3g}, Adam {float(la):.3g})")
+            continue
         for q in QUANTISATIONS:
-            s, se = st["share_kept"].get(f"thermo|{q}|{ref}", (math.nan, math.nan))
-            (kept if math.isfinite(s) and s >= 0.75 else lost).append(f"{kind} {q} ({_pct(s)})")
-    if not lost:
-        v, why = "reproduced", f"at {ref} bits every model keeps at least 75 % of the advantage: {', '.join(kept)}"
+            s, _ = st["share_kept"].get(f"thermo|{q}|{ref}", (math.nan, math.nan))
+            s = float(s)
+            (kept if math.isfinite(s) and s >= 0.75 else lost).append(f"{kind} {q} {_pct(s)}")
+    if not kept and not lost:
+        v, why = "not tested here", "digital K-FAC has no advantage over Adam to keep on any model"
+    elif not lost:
+        v, why = "reproduced", f"at {ref} bits every quantisation keeps at least 75 % of the advantage: {', '.join(kept)}"
     elif kept:
         v, why = "partly", f"at {ref} bits kept >= 75 %: {', '.join(kept)}; not: {', '.join(lost)}"
     else:
-        v, why = "not", f"at {ref} bits no model keeps 75 % of the advantage: {', '.join(lost)}"
-    out["K-FAC's advantage over Adam is largely preserved under input and output quantisation"] = {
-        "verdict": v, "reason": why + " (share of the final-loss gap between Adam and digital K-FAC)"}
+        v, why = "not reproduced", f"at {ref} bits no quantisation keeps 75 % of the advantage: {', '.join(lost)}"
+    if none and (kept or lost):
+        why += "; no advantage to keep on " + ", ".join(none)
+    verdicts.append({"claim": "under significant quantisation noise the benefits of second-order optimisation are "
+                              "preserved (input and output quantisation)", "verdict": v,
+                     "reason": why + " (share of the final-loss gap between Adam and digital K-FAC, "
+                                     f"{len(result['config']['seeds'])} seed(s))"})
 
-    ae = result["studies"]["autoencoder"]["summary"]
-    (ka, kse), (aa, ase) = ae["kfac"]["final_train_loss"], ae["adam"]["final_train_loss"]
-    gap, gse = aa - ka, math.sqrt((kse if math.isfinite(kse) else 0) ** 2 + (ase if math.isfinite(ase) else 0) ** 2)
-    if gap > 2 * gse and gap > 0:
-        v, why = "reproduced", f"final training loss {ka:.2f} +- {kse:.2f} (K-FAC) against {aa:.2f} +- {ase:.2f} (Adam)"
-    elif gap > 0:
-        v, why = "partly", f"K-FAC lower ({ka:.2f} against {aa:.2f}) but within two standard errors ({gse:.2f})"
+    best = {}
+    for name, p in sp["presets"].items():
+        m = max((1, 2), key=lambda k: p[f"method{k}"]["speedup_vs_adam"][str(max(sp["steps_ratios"]))])
+        best[name] = (m, p[f"method{m}"])
+    r_hi, r_lo = str(max(sp["steps_ratios"])), str(min(sp["steps_ratios"]))
+    txt = "; ".join(f"{n}: method {m}, {t['speedup_vs_kfac']:.2g}x over digital K-FAC per step, "
+                    f"{t['speedup_vs_adam'][r_hi]:.2g}x-{t['speedup_vs_adam'][r_lo]:.2g}x over Adam to a target"
+                    for n, (m, t) in best.items())
+    over_adam = [n for n, (_, t) in best.items() if t["speedup_vs_adam"][r_hi] > 1]
+    over_kfac = [n for n, (_, t) in best.items() if t["speedup_vs_kfac"] > 1]
+    if len(over_adam) == len(best):
+        v = "reproduced"
+    elif over_adam or over_kfac:
+        v = "partly"
     else:
-        v, why = "not", f"K-FAC {ka:.2f} +- {kse:.2f} against Adam {aa:.2f} +- {ase:.2f}"
-    out["KFAC(model) defaults + SGD beats tuned Adam on the deep autoencoder at a fixed budget"] = {
-        "verdict": v, "reason": why + f" after {result['studies']['autoencoder']['steps']} steps"}
-    out["speed-up predictions (ViT, GNN, width sweep)"] = {
-        "verdict": "not run", "reason": "part (c) waits for thermoai.optim.speedup (the hook in this module)"}
-    return out
+        v = "not reproduced"
+    verdicts.append({"claim": "substantial predicted speed-ups for large-scale vision (ViT) and graph (GNN) problems",
+                     "verdict": v, "reason": f"predicted on the projected chip against an H100: {txt} (K-FAC in "
+                                             f"{r_lo}-{r_hi} of Adam's steps)"})
+
+    ae = result["studies"]["autoencoder"]
+    sm = ae["summary"]
+    (ka, kse), (aa, ase) = sm["kfac"]["final_train_loss"], sm["adam"]["final_train_loss"]
+    ka, kse, aa, ase = (float(x) for x in (ka, kse, aa, ase))
+    gse = math.sqrt((kse if math.isfinite(kse) else 0) ** 2 + (ase if math.isfinite(ase) else 0) ** 2)
+    gap = aa - ka
+    grids = dict((m, list(g)) for m, g in result["config"]["lr_grid"])
+    lrs = f"tuned rates Adam {ae['lr']['adam']:g}, K-FAC+SGD {ae['lr']['kfac']:g}"
+    n_seeds = len(result["config"]["seeds"])
+    if n_seeds > 1 and gap > 2 * gse and gap > 0:
+        v, why = "reproduced", f"final training loss {_pm((ka, kse), '.3g')} (K-FAC) against {_pm((aa, ase), '.3g')} (Adam)"
+    elif gap > 0:
+        v, why = "partly", (f"K-FAC lower ({ka:.3g} against {aa:.3g}) but not by two standard errors ({gse:.2g})"
+                            if n_seeds > 1 else f"K-FAC lower ({ka:.3g} against {aa:.3g}), one seed: no standard error")
+    else:
+        v, why = "not reproduced", f"K-FAC {_pm((ka, kse), '.3g')} against Adam {_pm((aa, ase), '.3g')}"
+    edge = _grid_edge(ae, "adam", grids["adam"])
+    if edge and v == "reproduced":
+        v = "partly"
+        why += f"; Adam's tuned rate is the {edge} of its grid, so a wider grid might do better"
+    verdicts.append({"claim": "thermoai: KFAC(model) with its defaults in front of SGD with momentum (only the "
+                              "learning rate tuned) beats Adam with its learning rate tuned on a deep autoencoder of "
+                              "real data at a fixed budget of steps", "verdict": v,
+                     "reason": f"{why} after {ae['steps']} steps, {n_seeds} seed(s); {lrs}"})
+    verdicts.append({"claim": "the paper's own figures and tables (its numbers, models, bit widths)",
+                     "verdict": "not tested here", "reason": "the paper's body could not be read "
+                     "(research/kfac-paper.md); models, bit widths and quantiser here are this reproduction's choices"})
+
+    cols = ["model", "steps", "Adam lr", "Adam final loss", "K-FAC lr", "K-FAC final loss"] + \
+        [f"share kept, {q} {ref} bits" for q in QUANTISATIONS]
+    table_rows = []
+    for kind, st in result["studies"].items():
+        s2 = st["summary"]
+        table_rows.append([kind, st["steps"], st["lr"]["adam"], list(s2["adam"]["final_train_loss"]),
+                           st["lr"]["kfac"], list(s2["kfac"]["final_train_loss"])] +
+                          [list(st["share_kept"][f"thermo|{q}|{ref}"]) for q in QUANTISATIONS])
+    summary = {"columns": cols, "rows": table_rows,
+               "caption": "Final training loss on digits (mean ± standard error over seeds), each optimizer's learning "
+                          "rate tuned on a grid; K-FAC is KFAC(model) with its defaults in front of SGD with momentum "
+                          "0.9; share kept = (L_Adam - L_thermo) / (L_Adam - L_K-FAC) with the device's quantisation "
+                          f"at {ref} bits (1: all of K-FAC's advantage over Adam)."}
+    return {"verdicts": verdicts, "summary": summary, "seeds": list(result["config"]["seeds"])}
 
 
 # ------------------------------------------------------------------------------------------- reporting
@@ -442,7 +593,7 @@ def _pm(ms: tuple[float, float], fmt: str = ".2f") -> str:
     m, s = ms
     if not math.isfinite(m):
         return "diverged"
-    return f"{m:{fmt}} +- {s:{fmt}}" if math.isfinite(s) else f"{m:{fmt}}"
+    return f"{m:{fmt}} ± {s:{fmt}}" if math.isfinite(s) else f"{m:{fmt}}"
 
 
 LABELS = {"sgd": "SGD (momentum 0.9)", "adam": "Adam", "kfac": "K-FAC, digital (eigh)",
@@ -457,15 +608,22 @@ def _label(name: str) -> str:
     return f"K-FAC, thermodynamic, {q} {b} bits"
 
 
-def _markdown(res: dict[str, Any], speedup: list[str] | None) -> str:
+def _size_text(v: Any) -> str:
+    if v and isinstance(v[0], (list, tuple)):
+        return "(" + ", ".join(f"{a} {b}" for a, b in v) + ")"
+    return "(" + ", ".join(map(str, v)) + ")"
+
+
+def _markdown(res: dict[str, Any], head: dict[str, Any]) -> str:
     cfg = res["config"]
     dev = res["device"]
     lines = [
         "# Thermodynamic K-FAC: step-time breakdown and quantisation study",
         "",
-        "Reproduce with `thermoai reproduce kfac` (or `python -c \"import pathlib; from thermoai.experiments import "
-        "kfac; kfac.run(pathlib.Path('out'))\"`)" + (" — this is the quick run (`quick=True`): small budgets, "
-        "not for conclusions." if res["quick"] else "."),
+        "Reproduce with `thermoai reproduce kfac --full` (`--quick` and `--smoke` shrink the sizes; or "
+        "`python -c \"import pathlib; from thermoai.experiments import kfac; kfac.run(pathlib.Path('out'))\"`)" +
+        (" — these are shrunk sizes (`quick=True`): small budgets, not for conclusions." if res["quick"] else "."),
+        "Sizes: " + ", ".join(f"{k} {_size_text(res['config'][k])}" for k in ("seeds", "steps", "bits", "widths")) + ".",
         f"Wall-clock {res['seconds'] / 60:.1f} min on this machine, one torch thread.",
         "",
         "Paper: Donatella et al., \"Scalable Thermodynamic Second-order Optimization\", arXiv 2502.08603. Its body "
@@ -526,14 +684,78 @@ def _markdown(res: dict[str, Any], speedup: list[str] | None) -> str:
             lines.append(f"| {_label(name)} | {_pm(row['final_train_loss'])} | {acc} | {hits} | {share_s} | "
                          f"{row['seconds_per_step'] * 1e3:.1f} ms | {dev_t} | {dev_e} |")
         lines.append("")
-    lines += ["## (c) Speed-up predictor", ""]
-    lines += speedup if speedup else ["Not run yet: the speed-up predictor (`thermoai.optim.speedup`) is written "
-                                      "separately and will fill this section through `_speedup_section`.", ""]
+    lines += _claim_section(res)
+    lines += _speedup_markdown(res["speedup"])
     lines += ["## Verdicts", "", "| claim | verdict | reason |", "|---|---|---|"]
-    for claim, v in res["verdicts"].items():
-        lines.append(f"| {claim} | **{v['verdict']}** | {v['reason']} |")
+    for v in head["verdicts"]:
+        lines.append(f"| {v['claim']} | **{v['verdict']}** | {v['reason']} |")
     lines.append("")
     return "\n".join(lines)
+
+
+def _claim_section(res: dict[str, Any]) -> list[str]:
+    """The headline claim on the deep autoencoder: the learning-rate grids, the tuned rates, per-seed losses."""
+    st = res["studies"]["autoencoder"]
+    seeds = list(res["config"]["seeds"])
+    grids = {m: list(g) for m, g in res["config"]["lr_grid"]}
+    lines = [f"## KFAC(model) with its defaults against tuned Adam: the deep autoencoder, {st['steps']} steps", "",
+             "Each optimizer's learning rate is the one of its grid with the lowest final training loss on seed "
+             f"{seeds[0]}; nothing else is tuned (K-FAC: `KFAC(model)` defaults in front of SGD with momentum 0.9; "
+             "Adam: torch defaults betas (0.9, 0.999), eps 1e-8). Final training loss (Bernoulli cross-entropy "
+             "summed over the 64 pixels, full training set) by learning rate, seed "
+             f"{seeds[0]}; the chosen rate in bold:", "",
+             "| method | " + " | ".join(f"rate {i + 1}" for i in range(max(len(g) for g in grids.values()))) + " |",
+             "|---|" + "---|" * max(len(g) for g in grids.values())]
+    for m in METHODS:
+        scores = {float(k): v for k, v in (st["lr_grid_scores"].get(m) or {}).items()}
+        cells = []
+        for lr in grids[m]:
+            val = scores.get(float(lr))
+            text = f"{lr:g}: " + ("(only rate)" if val is None else ("diverged" if not math.isfinite(val) else f"{val:.3f}"))
+            cells.append(f"**{text}**" if lr == st["lr"][m] else text)
+        lines.append(f"| {LABELS[m]} | " + " | ".join(cells) + " |")
+    lines += ["", f"With the tuned rates, over seeds {seeds}:", "",
+              "| method | tuned lr | final train loss per seed | mean ± standard error | test loss |",
+              "|---|---|---|---|---|"]
+    for m in METHODS:
+        finals = [c[-1][1] for c in st["curves"][m]]
+        row = st["summary"][m]
+        lines.append(f"| {LABELS[m]} | {st['lr'][m]:g} | {', '.join(f'{x:.3f}' for x in finals)} | "
+                     f"{_pm(row['final_train_loss'], '.3f')} | {_pm(row['test_loss'], '.3f')} |")
+    lines.append("")
+    return lines
+
+
+def _speedup_markdown(sp: dict[str, Any]) -> list[str]:
+    r_lo, r_hi = (str(x) for x in (min(sp["steps_ratios"]), max(sp["steps_ratios"])))
+    lines = ["## (c) Speed-up predictor", "",
+             "Predicted by `thermoai.optim.speedup.predict` (its docstring holds every formula): the projected chip "
+             "(`Device.projected_chip(8)`, its `n_cells` raised to each factor's size, one device per layer copy) "
+             f"against an H100 (`DigitalHardware()`); damped factors of condition number {sp['kappa']:g}, relative "
+             f"error {sp['tol']:g} per device solve, inverses every 10 steps. Method 1: the device returns the damped "
+             "inverses; method 2: it solves for the update every step. Over Adam: time to a target with K-FAC taking "
+             f"{r_lo}-{r_hi} of Adam's steps (Eschenhagen et al. 2023 on the AlgoPerf workloads).", "",
+             "| workload | batch | method | Adam s/step | digital K-FAC s/step | thermodynamic K-FAC s/step | "
+             f"over digital K-FAC | over Adam ({r_hi}-{r_lo} steps) | digital K-FAC over Adam ({r_hi}-{r_lo}) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, p in sp["presets"].items():
+        for m in (1, 2):
+            t = p[f"method{m}"]
+            lines.append(f"| {name} | {p['batch']} | {m} | {t['adam_s']:.3g} | {t['kfac_digital_s']:.3g} | "
+                         f"{t['kfac_thermo_s']:.3g} | {t['speedup_vs_kfac']:.3g}x | {t['speedup_vs_adam'][r_hi]:.3g}x-"
+                         f"{t['speedup_vs_adam'][r_lo]:.3g}x | {t['digital_kfac_vs_adam'][r_hi]:.3g}x-"
+                         f"{t['digital_kfac_vs_adam'][r_lo]:.3g}x |")
+    lines += ["", f"Width sweep: square MLPs of {sp['depth']} layers, batch {sp['batch']}; thermodynamic K-FAC's "
+              f"advantage per step over digital K-FAC and to a target over Adam ({r_hi} of Adam's steps):", "",
+              "| width n | Adam s/step | digital K-FAC s/step | method 1 s/step | method 2 s/step | method 1 over "
+              "digital K-FAC | method 2 over digital K-FAC | method 1 over Adam | method 2 over Adam |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r1, r2 in zip(sp["sweep"]["method1"], sp["sweep"]["method2"]):
+        lines.append(f"| {r1['width']} | {r1['adam_s']:.3g} | {r1['kfac_digital_s']:.3g} | {r1['kfac_thermo_s']:.3g} | "
+                     f"{r2['kfac_thermo_s']:.3g} | {r1['speedup_vs_kfac']:.3g}x | {r2['speedup_vs_kfac']:.3g}x | "
+                     f"{r1['speedup_vs_adam'][r_hi]:.3g}x | {r2['speedup_vs_adam'][r_hi]:.3g}x |")
+    lines.append("")
+    return lines
 
 
 def _plot(res: dict[str, Any], path: Path) -> None:
@@ -592,8 +814,22 @@ def _plot(res: dict[str, Any], path: Path) -> None:
     ax.set_title("(a) digital K-FAC step, factors and inverses every step")
     ax.legend(fontsize=7)
     ax = axes[1][2]
-    ax.axis("off")
-    ax.text(0.05, 0.5, "(c) speed-up predictor:\nnot run yet", fontsize=12)
+    sp = res["speedup"]
+    r_hi = str(max(sp["steps_ratios"]))
+    for m, style in ((1, "-o"), (2, "--s")):
+        rows_m = sp["sweep"][f"method{m}"]
+        w = [r["width"] for r in rows_m]
+        ax.plot(w, [r["speedup_vs_kfac"] for r in rows_m], style, color="C0", ms=4, label=f"method {m} / digital K-FAC")
+        ax.plot(w, [r["speedup_vs_adam"][r_hi] for r in rows_m], style, color="C1", ms=4,
+                label=f"method {m} / Adam (to target)")
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("width n")
+    ax.set_ylabel("predicted speed-up (> 1: thermodynamic K-FAC faster)")
+    ax.set_title("(c) predicted speed-up, square MLPs")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
