@@ -41,4 +41,5 @@ EXPERIMENTS: dict[str, str] = {
     "kfac": "thermoai.experiments.kfac",
     "tbi_scaling": "thermoai.experiments.tbi_scaling",
     "sbc": "thermoai.experiments.sbc",
+    "emt_perplexity": "thermoai.experiments.emt_perplexity",
 }
