@@ -176,3 +176,35 @@ def test_bad_input_is_refused_with_the_argument_named(llama, ids):
         sub.load([1, 2])
     with pytest.raises(TypeError, match="decoder blocks"):
         lm.LMSubset(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop")
+def test_positions_run_the_head_only_where_asked(llama, ids):
+    sub = lm.LMSubset(llama)
+    hidden, params = sub.prefix(ids), sub.params()
+    full = sub.logits(params, hidden)  # (3, 12, 97)
+    mask = torch.zeros(3, 12, dtype=torch.bool)
+    mask[0, :5] = True
+    mask[2, 3:9] = True
+    picked = sub.logits(params, hidden, positions=mask)
+    assert picked.shape == (11, 97) and torch.allclose(picked, full[mask], atol=1e-6)
+    index = mask.flatten().nonzero().flatten()
+    assert torch.equal(sub.logits(params, hidden, positions=index), picked)
+    # the index form works under vmap over the subset
+    stacked = {k: torch.stack([v, v + 0.1]) for k, v in params.items()}
+    both = torch.func.vmap(lambda p: sub.logits(p, hidden, positions=index))(stacked)
+    assert torch.allclose(both[0], picked, atol=1e-5)
+    with pytest.raises(ValueError, match="positions: a bool mask"):
+        sub.logits(params, hidden, positions=mask[:, :4])
+    with pytest.raises(ValueError, match="positions: flat indices"):
+        sub.logits(params, hidden, positions=torch.tensor([36]))
+    with pytest.raises(ValueError, match="positions: an index tensor"):
+        sub.logits(params, hidden, positions=torch.zeros(3, 12))
+    with pytest.raises(TypeError, match="positions"):
+        sub.logits(params, hidden, positions=[0, 1])
+
+
+def test_a_subset_that_selects_nothing_is_refused_in_every_form(llama):
+    for include in ([], lambda name: False, "lora_"):  # no names; a predicate that keeps none; no adapters
+        with pytest.raises(ValueError, match="the subset would be empty"):
+            lm.LMSubset(llama, include=include)

@@ -56,6 +56,7 @@ from torch import Tensor, nn
 
 from thermoai import tree as T
 from thermoai.bayes import module as bayes_module
+from thermoai.bayes._common import under_transform
 
 __all__ = ["LMSubset", "decoder_blocks", "final_norm", "token_log_likelihood", "context_window"]
 
@@ -131,11 +132,13 @@ class _Suffix(nn.Module):
         object.__setattr__(self, "_norm", norm)
         object.__setattr__(self, "_head", head)
 
-    def forward(self, hidden: Tensor, block_kwargs: dict[str, Any]) -> Tensor:
+    def forward(self, hidden: Tensor, block_kwargs: dict[str, Any], positions: Tensor | None = None) -> Tensor:
         h = hidden
         for block in self._blocks:
             out = block(h, **block_kwargs)
             h = out[0] if isinstance(out, (tuple, list)) else out
+        if positions is not None:  # the head (V x d per position) only where logits are wanted
+            h = h.flatten(0, 1).index_select(0, positions)
         if self._norm is not None:
             h = self._norm(h)
         return self._head(h)
@@ -262,15 +265,21 @@ class LMSubset:
         parts = [self._record(ids[i : i + batch_size])[0] for i in range(0, ids.shape[0], batch_size)]
         return torch.cat(parts)
 
-    def logits(self, params: dict[str, Tensor], hidden: Tensor) -> Tensor:
+    def logits(self, params: dict[str, Tensor], hidden: Tensor, positions: Tensor | None = None) -> Tensor:
         """``(B, L, V)`` logits with the subset set to ``params`` and the prefix's activations ``hidden``
         ``(B, L, d)``; equal to ``model(input_ids).logits`` when ``params`` are the model's own values.
-        Pure in ``params`` (grad, vmap)."""
+        Pure in ``params`` (grad, vmap).
+
+        ``positions`` selects where the head runs (the head is most of the suffix's cost: ``V x d`` per
+        position): a ``(B, L)`` bool mask, giving ``(n, V)`` logits of its ``n`` true positions in row-major
+        order, or a 1-D int64 tensor of flat indices ``b * L + t`` (the form that works under ``vmap``).
+        """
         if not isinstance(hidden, Tensor) or hidden.ndim != 3:
             raise ValueError(f"hidden must be the (B, L, d) output of prefix(); got {_describe(hidden)}")
+        index = None if positions is None else _flat_positions(positions, tuple(hidden.shape[:2]), hidden.device)
         kwargs = self._block_kwargs(int(hidden.shape[1]), hidden.device)
         named = {"model." + k: v for k, v in params.items()}
-        return torch.func.functional_call(self._suffix, named, (hidden, kwargs), strict=False)
+        return torch.func.functional_call(self._suffix, named, (hidden, kwargs, index), strict=False)
 
     def token_log_likelihood(
         self, params: dict[str, Tensor], hidden: Tensor, input_ids: Tensor, mask: Tensor | None = None
@@ -350,6 +359,22 @@ def token_log_likelihood(logits: Tensor, input_ids: Tensor, mask: Tensor | None 
     if not isinstance(mask, Tensor) or tuple(mask.shape) != tuple(input_ids.shape):
         raise ValueError(f"mask must have the shape of input_ids {tuple(input_ids.shape)}; got {_describe(mask)}")
     return ll * mask[:, 1:].to(ll.dtype)
+
+
+def _flat_positions(positions: Any, shape: tuple[int, int], device: torch.device) -> Tensor:
+    """Flat indices ``b * L + t`` from a ``(B, L)`` bool mask or a 1-D integer index tensor."""
+    if not isinstance(positions, Tensor):
+        raise TypeError(f"positions must be a (B, L) bool mask or a 1-D int64 index tensor; got {_describe(positions)}")
+    if positions.dtype == torch.bool:
+        if tuple(positions.shape) != shape:
+            raise ValueError(f"positions: a bool mask must have hidden's (B, L) = {shape}; got {tuple(positions.shape)}")
+        return positions.to(device).flatten().nonzero().flatten()
+    if positions.is_floating_point() or positions.is_complex() or positions.ndim != 1:
+        raise ValueError(f"positions: an index tensor must be 1-D integer flat indices; got {_describe(positions)}")
+    n = shape[0] * shape[1]
+    if not under_transform(positions) and positions.numel() and not 0 <= int(positions.min()) <= int(positions.max()) < n:
+        raise ValueError(f"positions: flat indices must lie in [0, {n}) for hidden's (B, L) = {shape}")
+    return positions.to(device=device, dtype=torch.long)
 
 
 def _name_filter(include: Any) -> Callable[[str], bool]:

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -67,7 +68,7 @@ from thermoai.bayes.adam import adam
 from thermoai.bayes.laplace import diag_fisher
 from thermoai.bayes.log_prob import value_and_grad
 from thermoai.bayes.sgmcmc import sghmc
-from thermoai.bayes.uncertainty import EntropySplit, sequence_mean
+from thermoai.bayes.uncertainty import EntropySplit
 from thermoai.experiments import llm_data as D
 
 # ---------------------------------------------------------------------------------------------- settings
@@ -94,9 +95,10 @@ class Config:
     language: str = "sq"
     n_statements: int = 16
     max_statement_tokens: int = 40
-    eval_batch: int = 8
+    eval_batch: int = 16  # rows per call of the random layer in evaluation (the head runs on real tokens only)
+    eval_dtype: str = "float32"  # softmax dtype of the entropy split (float32: ~1e-6 nats; see evaluate)
     # (b) continual learning
-    cl_seeds: tuple[int, ...] = (0,)
+    cl_seeds: tuple[int, ...] = (0, 1, 2)
     cl_train_chunks: int = 8
     cl_heldout_chunks: int = 2
     cl_epochs: int = 3
@@ -125,7 +127,7 @@ QUICK = Config(
     laplace_samples=3,
     n_statements=6,
     max_statement_tokens=24,
-    cl_seeds=(0,),
+    cl_seeds=(0, 1),
     cl_train_chunks=4,
     cl_heldout_chunks=2,
     cl_epochs=1,
@@ -336,10 +338,17 @@ def n_predicted(data: TextSet) -> int:
     return int(data.mask[:, 1:].sum())
 
 
-def evaluate(sub: lm.LMSubset, draws: list[dict[str, Tensor]], data: TextSet, batch: int) -> dict[str, Any]:
+def evaluate(sub: lm.LMSubset, draws: list[dict[str, Tensor]], data: TextSet, batch: int,
+             dtype: torch.dtype = torch.float32) -> dict[str, Any]:
     """Per-statement mean total/aleatoric/epistemic uncertainty (lists in the set's row order) and the
-    predictive's mean log-likelihood per token over ``data``."""
-    per = {"total": [], "aleatoric": [], "epistemic": []}
+    predictive's mean log-likelihood per token over ``data``.
+
+    The head runs only at the positions that predict a kept token (no logits for padding), ``batch`` rows
+    at a time through the random layer; ``dtype`` is the softmax dtype of
+    :class:`~thermoai.bayes.uncertainty.EntropySplit` (float32: entropies to ~1e-6 nats, a third of the
+    float64 time on the 49152-token vocabulary).
+    """
+    per: dict[str, list[float]] = {"total": [], "aleatoric": [], "epistemic": []}
     tokens: dict[str, list[list[float]]] = {"token_total": [], "token_epistemic": []}
     ll_sum, n_tok = 0.0, 0
     with torch.no_grad():
@@ -347,19 +356,21 @@ def evaluate(sub: lm.LMSubset, draws: list[dict[str, Tensor]], data: TextSet, ba
             hidden, ids, mask = data.rows(slice(start, start + batch))
             width = int(mask.sum(-1).max())  # drop all-padding columns
             hidden, ids, mask = hidden[:, :width], ids[:, :width], mask[:, :width]
-            targets = torch.where(mask[:, 1:], ids[:, 1:], torch.full_like(ids[:, 1:], -1))
-            acc = EntropySplit(targets)
+            keep = mask[:, 1:]  # (B, L-1): position t predicts token t+1, kept where that token is real
+            predicting = torch.zeros_like(mask)
+            predicting[:, :-1] = keep
+            counts = keep.sum(-1).tolist()
+            if 0 in counts:
+                raise ValueError(f"data: rows {[start + i for i, c in enumerate(counts) if c == 0]} have no token to predict")
+            acc = EntropySplit(ids[:, 1:][keep], dtype=dtype)  # targets (n,), row-major like the logits
             for params in draws:
-                acc.add(sub.logits(params, hidden)[:, :-1])
+                acc.add(sub.logits(params, hidden, positions=predicting))  # (n, V)
             u = acc.result()
-            keep = mask[:, 1:]
             for name in per:
-                per[name] += sequence_mean(getattr(u, name), keep).tolist()
-            for row in range(keep.shape[0]):
-                n = int(keep[row].sum())
-                tokens["token_total"].append(u.total[row, :n].tolist())
-                tokens["token_epistemic"].append(u.epistemic[row, :n].tolist())
-            ll_sum += float(u.log_predictive[keep].sum())
+                per[name] += [float(v.mean()) for v in getattr(u, name).split(counts)]
+            tokens["token_total"] += [v.tolist() for v in u.total.split(counts)]
+            tokens["token_epistemic"] += [v.tolist() for v in u.epistemic.split(counts)]
+            ll_sum += float(u.log_predictive.sum())
             n_tok += int(keep.sum())
     return {**per, **tokens, "mean_log_lik": ll_sum / n_tok, "n_tokens": n_tok}
 
@@ -393,7 +404,7 @@ def run_seed(sub: lm.LMSubset, sets: dict[str, TextSet], cfg: Config, seed: int,
     out: dict[str, Any] = {}
     t0 = time.perf_counter()
     for method in METHODS:
-        res = {name: evaluate(sub, draws[method], sets[name], cfg.eval_batch) for name in ("english", "translated", "heldout")}
+        res = {name: evaluate(sub, draws[method], sets[name], cfg.eval_batch, getattr(torch, cfg.eval_dtype)) for name in ("english", "translated", "heldout")}
         res["auroc_epistemic"] = auroc(res["english"]["epistemic"], res["translated"]["epistemic"])
         res["auroc_total"] = auroc(res["english"]["total"], res["translated"]["total"])
         res["perplexity"] = math.exp(-res["heldout"]["mean_log_lik"])
@@ -485,6 +496,7 @@ def run_continual(sub: lm.LMSubset, episodes: dict[str, tuple[TextSet, TextSet]]
                   progress: Any = None) -> dict[str, Any]:
     """Plain fine-tuning, the Laplace prior and joint training for one seed. Curves: held-out loss of
     every episode after every epoch; ``after_episode[e]``: the losses when episode ``e`` was finished."""
+    t0 = time.perf_counter()
     start = sub.params()
     heldout = {name: pair[1] for name, pair in episodes.items()}
     names = list(episodes)
@@ -519,6 +531,7 @@ def run_continual(sub: lm.LMSubset, episodes: dict[str, tuple[TextSet, TextSet]]
     train_adam(sub, T.tree_map(lambda x: x.clone(), start), joint, cl_log_posterior(sub, prior_mean, prior_prec, len(joint)),
                cfg, _generator(seed, SALT_CL + 99), cfg.cl_epochs, record)
     out["joint"] = {"curve": curve, "after_episode": [dict(curve[-1])]}
+    out["seconds"] = time.perf_counter() - t0
     if progress is not None:
         progress.update(1)
     return out
@@ -544,6 +557,20 @@ def forgetting_table(per_seed: list[dict[str, Any]], names: list[str]) -> dict[s
     out["joint"] = {"final": {n: list(mean_se([r["joint"]["after_episode"][0][n] for r in per_seed])) for n in names},
                     "mean_final": list(mean_se([np.mean([r["joint"]["after_episode"][0][n] for n in names]) for r in per_seed]))}
     out["initial"] = {n: list(mean_se([r["initial"][n] for r in per_seed])) for n in names}
+
+    def final(r: dict[str, Any], method: str) -> float:
+        return float(np.mean([r[method]["after_episode"][-1][n] for n in names]))
+
+    def forgetting(r: dict[str, Any], method: str) -> float:
+        return float(np.mean([r[method]["after_episode"][last][n] - r[method]["after_episode"][e][n] for e, n in enumerate(names[:-1])]))
+
+    # paired over seeds (each seed: the same minibatch orders for every method)
+    out["paired"] = {
+        "forgetting_plain_minus_laplace": list(mean_se([forgetting(r, "plain") - forgetting(r, "laplace") for r in per_seed])),
+        "final_plain_minus_joint": list(mean_se([final(r, "plain") - final(r, "joint") for r in per_seed])),
+        "final_laplace_minus_joint": list(mean_se([final(r, "laplace") - final(r, "joint") for r in per_seed])),
+        "final_plain_minus_laplace": list(mean_se([final(r, "plain") - final(r, "laplace") for r in per_seed])),
+    }
     return out
 
 
@@ -649,6 +676,20 @@ def cl_table(f: dict, names: list[str]) -> str:
     return "\n".join(lines)
 
 
+def cl_paired(f: dict, n_seeds: int) -> str:
+    """The paired per-seed differences of the continual-learning arms, as sentences."""
+    p = f.get("paired")
+    if p is None:
+        return ""
+    return (
+        f"Paired over the {n_seeds} seeds (mean ± s.e. of the per-seed difference, nats/token): mean forgetting, "
+        f"plain minus Laplace {_fmt(p['forgetting_plain_minus_laplace'], 4)}; mean final held-out loss, plain minus "
+        f"Laplace {_fmt(p['final_plain_minus_laplace'], 4)}, plain minus joint {_fmt(p['final_plain_minus_joint'], 4)}, "
+        f"Laplace minus joint {_fmt(p['final_laplace_minus_joint'], 4)} (joint training on all episodes at once is "
+        "the offline reference a sequential learner can at best match)."
+    )
+
+
 def _cell(token: str) -> str:
     text = token.strip().replace("|", "\\|").replace("`", "'")
     return f"`{text}`" if text else repr(token)
@@ -698,25 +739,39 @@ def plot(summary: dict, per_seed: list[dict], cl_per_seed: list[dict], names: li
     ax3.set_ylabel("per-statement total (nats)", fontsize=8)
     ax3.set_title(f"statements, seed {0}", fontsize=9)
     ax3.legend(fontsize=6)
-    r = cl_per_seed[0]
+    n_cl = len(cl_per_seed)
     for e, name in enumerate(names):
         ax = fig.add_subplot(2, len(names), len(names) + e + 1)
         for method, colour in (("plain", "C0"), ("laplace", "C1")):
-            ys = [pt[name] for pt in r[method]["curve"]]
-            ax.plot(np.arange(1, len(ys) + 1), ys, marker="o", ms=3, color=colour, label=CL_LABELS[method])
-        ax.axhline(r["joint"]["after_episode"][0][name], color="k", ls="--", lw=1, label=CL_LABELS["joint"])
-        ax.axhline(r["initial"][name], color="grey", ls=":", lw=1, label="pretrained")
-        per_episode = len(r["plain"]["curve"]) // len(names)
+            ys = np.array([[pt[name] for pt in r[method]["curve"]] for r in cl_per_seed])  # (seeds, epochs)
+            mean = ys.mean(0)
+            se = ys.std(0, ddof=1) / math.sqrt(n_cl) if n_cl > 1 else np.zeros_like(mean)
+            xs = np.arange(1, mean.size + 1)
+            ax.plot(xs, mean, marker="o", ms=3, color=colour, label=CL_LABELS[method])
+            ax.fill_between(xs, mean - se, mean + se, color=colour, alpha=0.25, lw=0)
+        joint = float(np.mean([r["joint"]["after_episode"][0][name] for r in cl_per_seed]))
+        ax.axhline(joint, color="k", ls="--", lw=1, label=CL_LABELS["joint"])
+        ax.axhline(cl_per_seed[0]["initial"][name], color="grey", ls=":", lw=1, label="pretrained")
+        per_episode = len(cl_per_seed[0]["plain"]["curve"]) // len(names)
         for b in range(1, len(names)):
             ax.axvline(b * per_episode + 0.5, color="grey", lw=0.5)
         ax.set_title(f"held-out loss: {name}", fontsize=9)
         ax.set_xlabel("epoch (episodes separated by lines)", fontsize=8)
         if e == 0:
             ax.legend(fontsize=6)
-    fig.suptitle("SmolLM2-135M, last layer Bayesian (top); LoRA continual learning, seed 0 (bottom)", fontsize=10)
+    fig.suptitle(f"SmolLM2-135M, last layer Bayesian (top); LoRA continual learning, mean ± s.e. over {n_cl} seed(s) "
+                 "(bottom)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _load_text(result: dict) -> str:
+    load = result.get("load_average")
+    if not load or None in load:
+        return "on a shared machine (wall time depends on the load of other jobs, CPU time much less)"
+    return (f"at a 1-minute load average of {load[0]:.1f} at the start and {load[1]:.1f} at the end on "
+            f"{os.cpu_count()} cores (a shared machine: wall time depends on the other jobs' load, CPU time much less)")
 
 
 def report(result: dict) -> str:
@@ -737,7 +792,7 @@ at the size of the embedded SmolLM2-135M-Instruct on two CPU cores. Produced by
 ```
 
 in {result['seconds']:.0f} s of wall-clock time and {result.get('cpu_seconds', float('nan')):.0f} s of CPU time on
-{result.get('threads', '?')} threads (the machine was shared: wall time depends on the load, CPU time much less) ({'quick settings: a smoke test, not a result' if quick else 'default settings'}).
+{result.get('threads', '?')} threads, {_load_text(result)} ({'quick settings: a smoke test, not a result' if quick else 'default settings'}).
 
 ## Set-up
 
@@ -787,6 +842,8 @@ was learned (higher is better). Seeds {list(cfg.cl_seeds)}; mean ± s.e.
 
 {cl_table(result['continual_summary'], names)}
 
+{cl_paired(result['continual_summary'], len(cfg.cl_seeds))}
+
 ## The paper's findings, checked
 
 A difference counts as reproduced when it has the claimed sign and lies more than two standard errors
@@ -794,11 +851,19 @@ from zero over seeds; "partly" when the sign is right but the difference is with
 
 {verdict_lines}
 
-Time per phase of the first seed (s): {', '.join(f'{k} {v:.0f}' for k, v in result['per_seed'][0]['timings'].items())}.
+Time per phase of the first seed (s): {', '.join(f'{k} {v:.0f}' for k, v in result['per_seed'][0]['timings'].items())};
+continual learning per seed (s): {', '.join(f"{r.get('seconds', float('nan')):.0f}" for r in result['continual'])}.
 """
 
 
 # ---------------------------------------------------------------------------------------------- run
+
+
+def _load_average() -> float | None:
+    try:
+        return float(os.getloadavg()[0])
+    except (AttributeError, OSError):  # not on every platform
+        return None
 
 
 def headline(result: dict) -> dict:
@@ -831,7 +896,7 @@ def run(out_dir: Path, quick: bool = False, config: Config | None = None, smoke:
     cfg = config if config is not None else (SMOKE if smoke else QUICK if quick else Config())
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    start, cpu_start = time.perf_counter(), time.process_time()
+    start, cpu_start, load_start = time.perf_counter(), time.process_time(), _load_average()
     with warnings.catch_warnings():
         # vmap over SDPA attention falls back to a loop over members for that one op; correct, only noted
         warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
@@ -868,6 +933,8 @@ def run(out_dir: Path, quick: bool = False, config: Config | None = None, smoke:
         "quick": quick,
         "seconds": seconds,
         "cpu_seconds": cpu_seconds,
+        # 1-minute load averages of the machine at the start and the end (other jobs share the cores)
+        "load_average": [load_start, _load_average()],
         "threads": torch.get_num_threads(),
         "n_params": n_params,
         "n_lora_params": lora.n_params(),
