@@ -108,7 +108,19 @@ QUICK = Config(seeds=(0, 1), steps=(("autoencoder", 30), ("mlp", 20), ("cnn", 20
 SMOKE = Config(seeds=(0,), steps=(("autoencoder", 6), ("mlp", 3), ("cnn", 3)), eval_every=3,
                lr_grid=(("sgd", (0.03,)), ("adam", (1e-2,)), ("kfac", (0.3,))), bits=(4,), widths=(32,),
                timing_repeats=1)
+# The sizes docs/results/kfac.* were made at: the full run (Config()) takes over an hour on 2 shared cores; this
+# keeps its seeds, bit widths, grids and widths and shortens the training budgets to fit about 25 minutes.
+REPORT = Config(steps=(("autoencoder", 150), ("mlp", 80), ("cnn", 60)), eval_every=10,
+                lr_grid=(("sgd", (0.01, 0.03, 0.1)), ("adam", (1e-3, 3e-3, 1e-2, 3e-2)), ("kfac", (0.1, 0.3, 1.0))))
 QUANTISATIONS = ("input", "output-inverse", "output-update")
+
+
+def sizes_name(cfg: "Config") -> str:
+    """``"full"``, ``"report"``, ``"quick"``, ``"smoke"`` or ``"custom"``: which of the module's sizes ``cfg`` is."""
+    for name, known in (("full", Config()), ("report", REPORT), ("quick", QUICK), ("smoke", SMOKE)):
+        if cfg == known:
+            return name
+    return "custom"
 
 
 # -------------------------------------------------------------------------------------------------- data
@@ -419,7 +431,8 @@ def run(out_dir: Path, quick: bool = False, config: Config | None = None) -> dic
         seconds = time.perf_counter() - t0
     finally:
         torch.set_num_threads(torch_threads)
-    result: dict[str, Any] = {"config": asdict(cfg), "quick": bool(quick), "breakdown": breakdown,
+    result: dict[str, Any] = {"config": asdict(cfg), "quick": bool(quick), "sizes": sizes_name(cfg),
+                              "breakdown": breakdown,
                               "studies": studies, "speedup": speedup, "device": dataclasses.asdict(study_device()),
                               "seconds": seconds}
     # the report reads verdicts from the saved numbers alone (headline), so the page and a --rebuild agree
@@ -623,6 +636,9 @@ def _markdown(res: dict[str, Any], head: dict[str, Any]) -> str:
         "Reproduce with `thermoai reproduce kfac --full` (`--quick` and `--smoke` shrink the sizes; or "
         "`python -c \"import pathlib; from thermoai.experiments import kfac; kfac.run(pathlib.Path('out'))\"`)" +
         (" — these are shrunk sizes (`quick=True`): small budgets, not for conclusions." if res["quick"] else "."),
+        ("Made at the reduced sizes `kfac.REPORT` (the full `Config()` takes over an hour here): "
+         "`python -c \"import pathlib; from thermoai.experiments import kfac; "
+         "kfac.run(pathlib.Path('docs/results'), config=kfac.REPORT)\"`. " if res.get("sizes") == "report" else "") +
         "Sizes: " + ", ".join(f"{k} {_size_text(res['config'][k])}" for k in ("seeds", "steps", "bits", "widths")) + ".",
         f"Wall-clock {res['seconds'] / 60:.1f} min on this machine, one torch thread.",
         "",
