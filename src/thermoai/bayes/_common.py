@@ -5,6 +5,8 @@
 - :func:`under_transform`: whether a tensor is inside a ``torch.func`` transform;
 - fresh-state pieces (:func:`detached_copy`, :func:`copy_like`, :func:`scalar_like`, :func:`zero_step`);
 - :func:`sample_diag_normal`: draws of a diagonal Gaussian over a tree;
+- :class:`GaussianSampler`, :func:`sample_with_sampler`: dense Gaussian draws through an external sampling
+  backend (a simulated thermodynamic circuit, :func:`thermoai.thermo.circuits.circuit_sampler`), with its cost;
 - checks (:func:`check_finite`, :func:`check_per_sample_flag`, :func:`as_dense_psd`, :func:`check_psd`);
 - per-sample evaluation of a forward function (:func:`single`, :func:`forward_outputs`,
   :func:`per_sample_jacobians`, :func:`flat_rows`).
@@ -15,7 +17,8 @@ Helpers used by one family only stay in that family's ``_common`` module.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Mapping
+import math
+from typing import Any, Callable, Mapping, Protocol
 
 import torch
 from torch import Tensor
@@ -117,6 +120,52 @@ def sample_diag_normal(
         return m + s * torch.randn(sample_shape + m.shape, dtype=m.dtype, device=m.device, generator=generator)
 
     return T.tree_map(draw, mean, sd)
+
+
+class GaussianSampler(Protocol):
+    """A sampling backend for a dense Gaussian ``N(mean, precision^-1)``:
+    ``sampler(mean (d,), precision (d, d), n, generator) -> (samples (n, d), cost)``. ``cost`` is whatever
+    the backend accounts (a :class:`thermoai.thermo.device.Cost` of device time and energy for
+    :func:`thermoai.thermo.circuits.circuit_sampler`); bayes passes it through untouched."""
+
+    def __call__(self, mean: Tensor, precision: Tensor, n: int,
+                 generator: torch.Generator | None) -> tuple[Tensor, Any]: ...
+
+
+def sample_with_sampler(
+    sampler: GaussianSampler,
+    mean: Tensor,
+    precision: Tensor,
+    sample_shape: torch.Size | tuple[int, ...],
+    generator: torch.Generator | None,
+    unravel: Callable[[Tensor], TensorTree],
+) -> tuple[TensorTree, Any]:
+    """``(tree, cost)``: ``prod(sample_shape)`` draws of ``N(mean, precision^-1)`` (``mean`` (d,) ravelled,
+    ``precision`` (d, d)) from ``sampler``, returned as a tree with leaves ``sample_shape + leaf.shape`` in
+    the dtype and device of ``mean``, and the sampler's cost. The mean and precision are handed over
+    detached; the sampler's draws are checked for shape (n, d) and finite entries."""
+    if not callable(sampler):
+        raise TypeError(f"sampler must be a callable (mean, precision, n, generator) -> (samples, cost); "
+                        f"got {type(sampler).__name__}")
+    if under_transform(mean) or under_transform(precision):
+        raise ValueError("sample with a sampler cannot run under torch.func transforms (vmap/grad): the "
+                         "backend samples on the host")
+    sample_shape = torch.Size(sample_shape)
+    d = mean.numel()
+    n = math.prod(sample_shape)
+    if n < 1:
+        raise ValueError(f"sample_shape must hold at least one draw with a sampler; got {tuple(sample_shape)}")
+    out = sampler(mean.detach(), precision.detach(), n, generator)
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise TypeError(f"sampler must return a pair (samples, cost); got {type(out).__name__}")
+    draws, cost = out
+    if not isinstance(draws, Tensor) or tuple(draws.shape) != (n, d):
+        got = tuple(draws.shape) if isinstance(draws, Tensor) else type(draws).__name__
+        raise ValueError(f"sampler must return samples of shape ({n}, {d}); got {got}")
+    if not bool(torch.isfinite(draws).all()):
+        raise ValueError("sampler returned NaN or infinite samples")
+    draws = draws.to(dtype=mean.dtype, device=mean.device).reshape(*sample_shape, d)
+    return unravel(draws), cost
 
 
 def check_per_sample_flag(per_sample: Any) -> None:

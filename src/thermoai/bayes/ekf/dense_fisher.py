@@ -27,8 +27,8 @@ from torch import Tensor
 
 from thermoai import tree as T
 from thermoai.bayes._common import (
-    as_dense_psd, check_finite, check_per_sample_flag, detached_copy, flat_rows, scalar_like, transform, under_transform,
-    zero_step,
+    GaussianSampler, as_dense_psd, check_finite, check_per_sample_flag, detached_copy, flat_rows, sample_with_sampler,
+    scalar_like, transform, under_transform, zero_step,
 )
 from thermoai.bayes.ekf import _common as E
 from thermoai.bayes.log_prob import per_sample_grads
@@ -119,13 +119,22 @@ def update(
 
 
 def sample(
-    state: EKFDenseState, sample_shape: torch.Size | tuple[int, ...] = torch.Size([]), generator: torch.Generator | None = None
-) -> TensorTree:
-    """Draws ``mu + chol(Sigma) eps``; leaves of shape ``sample_shape + leaf.shape``."""
+    state: EKFDenseState, sample_shape: torch.Size | tuple[int, ...] = torch.Size([]), generator: torch.Generator | None = None,
+    sampler: GaussianSampler | None = None,
+) -> TensorTree | tuple[TensorTree, Any]:
+    """Draws ``mu + chol(Sigma) eps``; leaves of shape ``sample_shape + leaf.shape``.
+
+    With ``sampler`` (a :class:`~thermoai.bayes._common.GaussianSampler`, e.g.
+    ``thermoai.thermo.circuits.circuit_sampler()``), the draws come from it, given ``mu`` and the precision
+    ``Sigma^-1`` (from the Cholesky factor of the filter's covariance), and the result is ``(samples, cost)``."""
     sample_shape = torch.Size(sample_shape)
     mean, unravel = T.ravel(state.params)
     L, info = torch.linalg.cholesky_ex(state.cov)
     if not under_transform(info) and int(info) != 0:  # not checkable under vmap
         raise ValueError("cov is not positive definite; cannot sample")
+    if sampler is not None:
+        prec = torch.cholesky_inverse(L)
+        return sample_with_sampler(sampler, mean, 0.5 * (prec + prec.mT).to(mean.dtype), sample_shape, generator,
+                                   unravel)
     eps = torch.randn((*sample_shape, mean.numel()), dtype=state.cov.dtype, device=state.cov.device, generator=generator)
     return unravel(mean + (eps @ L.mT).to(mean.dtype))

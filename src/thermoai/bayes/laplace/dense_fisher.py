@@ -19,7 +19,8 @@ from torch import Tensor
 
 from thermoai import tree as T
 from thermoai.bayes._common import (
-    check_finite, check_per_sample_flag, detached_copy, flat_rows, transform, under_transform, zero_step,
+    GaussianSampler, check_finite, check_per_sample_flag, detached_copy, flat_rows, sample_with_sampler, transform,
+    under_transform, zero_step,
 )
 from thermoai.bayes.laplace._common import dense_init
 from thermoai.bayes.log_prob import per_sample_grads
@@ -107,12 +108,22 @@ def sample(
     sample_shape: torch.Size | tuple[int, ...] = torch.Size([]),
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
-) -> TensorTree:
-    """Draws from ``N(theta*, temperature * prec^{-1})``: leaves ``sample_shape + leaf.shape`` (any rank)."""
+    sampler: GaussianSampler | None = None,
+) -> TensorTree | tuple[TensorTree, Any]:
+    """Draws from ``N(theta*, temperature * prec^{-1})``: leaves ``sample_shape + leaf.shape`` (any rank).
+
+    With ``sampler`` (a :class:`~thermoai.bayes._common.GaussianSampler`, e.g.
+    ``thermoai.thermo.circuits.circuit_sampler()``), the draws come from it, given the mode and the
+    precision ``prec / temperature`` (no factorisation here), and the result is ``(samples, cost)``."""
     check_non_negative(temperature, "temperature")
     sample_shape = torch.Size(sample_shape)
     mode, unravel = T.ravel(state.params)
     prec = state.prec.to(mode.dtype)
+    if sampler is not None:
+        if not float(temperature) > 0:
+            raise ValueError(f"temperature must be positive with a sampler (precision prec / temperature); got {temperature}")
+        return sample_with_sampler(sampler, mode, 0.5 * (prec + prec.mT) / float(temperature), sample_shape,
+                                   generator, unravel)
     L, info = torch.linalg.cholesky_ex(0.5 * (prec + prec.mT))
     if not under_transform(info) and int(info) != 0:  # under vmap (many replications) the check is skipped
         raise ValueError(

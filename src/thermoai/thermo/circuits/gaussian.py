@@ -95,6 +95,17 @@ NOISES = ("injected", "johnson")
 _SAMPLE_CHUNK = 4_000_000  # states (chains * reads * d) simulated at once
 
 
+def _check_options(design: str, noise: str, rounding: str, rate_bound: str) -> None:
+    if design not in DESIGNS:
+        raise ValueError(f"design must be one of {DESIGNS}; got {design!r}")
+    if noise not in NOISES:
+        raise ValueError(f"noise must be one of {NOISES}; got {noise!r}")
+    if rounding not in ("nearest", "stochastic"):
+        raise ValueError(f"rounding must be 'nearest' or 'stochastic'; got {rounding!r}")
+    if rate_bound not in ("gershgorin", "spectral"):
+        raise ValueError(f"rate_bound must be 'gershgorin' or 'spectral'; got {rate_bound!r}")
+
+
 class GaussianPosteriorCircuit:
     r"""Posterior sampler for ``theta ~ N(mu_pi, Sigma_pi)``, ``y | theta ~ N(H theta, Sigma_l)`` on a device.
 
@@ -129,14 +140,7 @@ class GaussianPosteriorCircuit:
     def __init__(self, prior_mean, prior_cov, y, likelihood_cov, H=None, design: str = "rc",
                  device: Device | None = None, *, noise: str = "injected", scale: float | None = None,
                  allow_active: bool = True, rate_bound: str = "gershgorin", rounding: str = "nearest"):
-        if design not in DESIGNS:
-            raise ValueError(f"design must be one of {DESIGNS}; got {design!r}")
-        if noise not in NOISES:
-            raise ValueError(f"noise must be one of {NOISES}; got {noise!r}")
-        if rounding not in ("nearest", "stochastic"):
-            raise ValueError(f"rounding must be 'nearest' or 'stochastic'; got {rounding!r}")
-        if rate_bound not in ("gershgorin", "spectral"):
-            raise ValueError(f"rate_bound must be 'gershgorin' or 'spectral'; got {rate_bound!r}")
+        _check_options(design, noise, rounding, rate_bound)
         mu = as_vector(prior_mean, "prior_mean")
         d = mu.shape[0]
         yv = as_vector(y, "y")
@@ -147,13 +151,12 @@ class GaussianPosteriorCircuit:
             Hm = None
         else:
             Hm = as_matrix(H, "H", (m, d))
-        self.device = check_device(device, d)
+        device = check_device(device, d)
         Sp = as_covariance(prior_cov, "prior_cov", d)
         Sl = as_covariance(likelihood_cov, "likelihood_cov", m)
 
-        self.design, self.noise, self.rounding = design, noise, rounding
-        self.d, self.m = d, m
-        self.prior_mean, self.prior_cov = mu, Sp
+        self.m = m
+        self.prior_cov = Sp
         self.y, self.likelihood_cov, self.H = yv, Sl, Hm
 
         Pp = torch.cholesky_inverse(torch.linalg.cholesky(Sp))
@@ -167,20 +170,77 @@ class GaussianPosteriorCircuit:
             rhs = Hm.mT @ (Pl @ resid)
         P = 0.5 * (P + P.mT)
         self._Pp = 0.5 * (Pp + Pp.mT)
-        self.posterior_precision = P
-        self._LP = torch.linalg.cholesky(P)
-        self._rhs = rhs
-        self.posterior_mean = mu + torch.cholesky_solve(rhs[:, None], self._LP)[:, 0]
-        self._logdet_P = float(2 * torch.log(torch.diagonal(self._LP)).sum())
-        self._cov: Tensor | None = None
-        self._eigh: tuple[Tensor, Tensor] | None = None
-
-        dev = self.device
+        LP = torch.linalg.cholesky(P)
+        post_mean = mu + torch.cholesky_solve(rhs[:, None], LP)[:, 0]
         if scale is None:
             extent = 4.5 * float(torch.diagonal(Sp).max().sqrt())
             if Hm is None:
                 extent = max(extent, float(resid.abs().max()))
-            scale = extent / dev.adc_range
+            scale = extent / device.adc_range
+        self._setup(mu, P, LP, rhs, post_mean, design, device, noise, scale, allow_active, rate_bound, rounding,
+                    "prior_cov/likelihood_cov give a posterior precision")
+
+    @classmethod
+    def from_precision(cls, mean, precision, design: str = "rc", device: Device | None = None, *,
+                       noise: str = "injected", scale: float | None = None, allow_active: bool = True,
+                       rate_bound: str = "gershgorin", rounding: str = "nearest") -> "GaussianPosteriorCircuit":
+        r"""A circuit that samples any Gaussian ``N(mean, precision^-1)`` given by its mean (d,) and its
+        precision (d, d) SPD: a Laplace, VI or EKF posterior, say.
+
+        The designs are programmed with the precision itself (rc: ``C = c0 P``, ``G = C / tau``; active:
+        couplings ``g0 P``), never its inverse; the mean is the offset the host adds back to the reads, so the
+        source currents hold zero. Everything else (DAC rounding and mismatch of every array, noise gain,
+        ADC, costs, :meth:`stationary_law`, :meth:`kl`) is that of the model circuit. There is no prior: the
+        default start is ``"mean"`` (cells reset to zero, i.e. the mean, then relaxed for
+        :meth:`default_burn_in`), and :meth:`thermodynamics` is refused.
+
+        ``scale`` (posterior units per state unit) defaults to ``4.5 max_i sqrt((P^-1)_ii) / adc_range``, the
+        4.5-sigma box of the widest marginal filling the ADC; the marginal variances come from the Cholesky
+        factor of ``P`` on the host (pass ``scale`` to fix the readout range yourself). Other keywords as in
+        the constructor. ValueError naming ``mean``/``precision`` for bad shapes, NaN/Inf, an asymmetric or
+        not positive-definite precision, or a device with fewer than d cells.
+        """
+        _check_options(design, noise, rounding, rate_bound)
+        mu = as_vector(mean, "mean")
+        d = mu.shape[0]
+        P = as_matrix(precision, "precision", (d, d))
+        top = float(P.abs().max())
+        asym = float((P - P.mT).abs().max())
+        if asym > 1e-10 * max(top, 1e-300):
+            raise ValueError(f"precision must be symmetric; got max |P - P^T| = {asym:.3g} (max |P| = {top:.3g})")
+        P = 0.5 * (P + P.mT)
+        LP, info = torch.linalg.cholesky_ex(P)
+        if int(info) != 0:
+            raise ValueError(f"precision must be positive definite; got smallest eigenvalue "
+                             f"{float(torch.linalg.eigvalsh(P).min()):.3g}")
+        device = check_device(device, d)
+        if scale is None:
+            Linv = torch.linalg.solve_triangular(LP, torch.eye(d, dtype=F64), upper=False)
+            marginal_var = (Linv * Linv).sum(0)  # diag(P^-1) = column norms of L^-1 squared
+            scale = 4.5 * float(marginal_var.max().sqrt()) / device.adc_range
+        self = cls.__new__(cls)
+        self.m, self.prior_cov, self.y, self.likelihood_cov, self.H, self._Pp = 0, None, None, None, None, None
+        self._setup(mu, P, LP, torch.zeros(d, dtype=F64), mu.clone(), design, device, noise, scale, allow_active,
+                    rate_bound, rounding, "precision is one")
+        return self
+
+    def _setup(self, offset: Tensor, P: Tensor, LP: Tensor, rhs: Tensor, post_mean: Tensor, design: str,
+               device: Device, noise: str, scale, allow_active: bool, rate_bound: str, rounding: str,
+               what: str) -> None:
+        """The state both constructors share: ``offset`` (d,) the host-side offset (prior mean, or the mean),
+        ``P`` (d, d) the precision and ``LP`` its Cholesky factor, ``rhs`` (d,) what the sources hold
+        (``P (m - offset)``), ``post_mean`` (d,) ``m``."""
+        d = offset.shape[0]
+        self.device, self.design, self.noise, self.rounding = device, design, noise, rounding
+        self.d = d
+        self.prior_mean = offset
+        self.posterior_precision = P
+        self._LP = LP
+        self._rhs = rhs
+        self.posterior_mean = post_mean
+        self._logdet_P = float(2 * torch.log(torch.diagonal(LP)).sum())
+        self._cov: Tensor | None = None
+        self._eigh: tuple[Tensor, Tensor] | None = None
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (0 < scale < math.inf):
             raise ValueError(f"scale must be a positive finite number (posterior units per state unit); got {scale!r}")
         self.scale = float(scale)
@@ -189,7 +249,7 @@ class GaussianPosteriorCircuit:
         if design == "rc" and not self.realisation["passive"]:
             if not allow_active:
                 raise ValueError(
-                    "prior_cov/likelihood_cov give a posterior precision that no passive RC network realises "
+                    f"{what} that no passive RC network realises "
                     f"({self.realisation['positive_off_diagonal']} positive off-diagonal entries, "
                     f"{self.realisation['negative_ground']} negative row sums); allow_active=True realises those "
                     "elements with negative-impedance converters"
@@ -201,6 +261,11 @@ class GaussianPosteriorCircuit:
         self.rate_bound = rate_bound
         self._rho = float(P.abs().sum(1).max()) if rate_bound == "gershgorin" else float(self._eig()[0].max())
         self._built: dict[str, Any] | None = None
+
+    @property
+    def has_prior(self) -> bool:
+        """False for a circuit made by :meth:`from_precision` (no prior, no likelihood)."""
+        return self.prior_cov is not None
 
     # --- reference quantities ---------------------------------------------------------------------
 
@@ -378,15 +443,29 @@ class GaussianPosteriorCircuit:
 
     # --- relaxation (exact laws) ------------------------------------------------------------------
 
-    def _start(self, start) -> tuple[Tensor, Tensor]:
+    def _resolve_start(self, start):
+        """``start`` as ``"prior"`` or a (d,) point: None is ``"prior"`` for a model circuit and ``"mean"``
+        for one made :meth:`from_precision`; ``"mean"`` is the point ``posterior_mean``."""
+        if start is None:
+            start = "prior" if self.has_prior else "mean"
         if isinstance(start, str):
+            if start == "mean":
+                return self.posterior_mean.clone()
             if start != "prior":
-                raise ValueError(f"start must be 'prior' or a (d,) point; got {start!r}")
-            return self.prior_mean, self.prior_cov
-        x0 = as_vector(start, "start", self.d)
-        return x0, torch.zeros(self.d, self.d, dtype=F64)
+                raise ValueError(f"start must be 'prior' or a (d,) point, 'mean' or None; got {start!r}")
+            if not self.has_prior:
+                raise ValueError("start='prior' needs a prior; this circuit was made from_precision (use "
+                                 "start='mean' or a (d,) point)")
+            return start
+        return as_vector(start, "start", self.d)
 
-    def kl(self, times, start="prior", programmed: bool = False) -> Tensor:
+    def _start(self, start) -> tuple[Tensor, Tensor]:
+        start = self._resolve_start(start)
+        if isinstance(start, str):
+            return self.prior_mean, self.prior_cov
+        return start, torch.zeros(self.d, self.d, dtype=F64)
+
+    def kl(self, times, start=None, programmed: bool = False) -> Tensor:
         """``KL(p_t || posterior)`` (nats) of the device state at ``times`` (s, after the likelihood branch is
         switched on) from ``start`` (``"prior"``: the prior's equilibrium; or a (d,) point), exactly.
 
@@ -463,7 +542,7 @@ class GaussianPosteriorCircuit:
         ratio = sig_th2 * self._pmax * s * s if self.noise == "johnson" else 1.0
         return OUProcess(torch.eye(self.d, dtype=F64), (2 * ratio / (s * s)) * self.posterior_cov, b)
 
-    def time_to_kl(self, eps: float = 0.01, start="prior", per_dimension: bool = False,
+    def time_to_kl(self, eps: float = 0.01, start=None, per_dimension: bool = False,
                    programmed: bool = False) -> float:
         """Smallest device time (s) after which ``KL(p_t || posterior) <= eps`` (``<= eps d`` with
         ``per_dimension=True``, i.e. KL per dimension at most eps), from ``start``; KL decreases
@@ -497,11 +576,12 @@ class GaussianPosteriorCircuit:
                 lo = mid
         return hi
 
-    def default_burn_in(self, start="prior", eps: float = 1e-3) -> float:
+    def default_burn_in(self, start=None, eps: float = 1e-3) -> float:
         """Burn-in (s) from the contraction bound ``KL(t) <= e^{-2 t / T_slow} KL(t0)`` (Bakry-Emery: the
         posterior is 1-strongly log-concave in the metric of the design's mobility; ``T_slow`` =
         :attr:`slowest_relaxation_time`): ``t = t0 + (T_slow / 2) ln(KL(t0) / eps)``, with ``t0 = 0`` from the
         prior and ``t0 = T_slow`` from a point (whose KL at 0 is infinite). Uses the ideal design's law."""
+        start = self._resolve_start(start)
         t_slow = self.slowest_relaxation_time
         t0 = 0.0 if isinstance(start, str) else t_slow
         kl0 = float(self.kl([t0], start)[0])
@@ -518,7 +598,11 @@ class GaussianPosteriorCircuit:
         * ``free_energy_kT`` = their sum ``dF / kT`` (``= -ln p(y)`` up to a y-independent constant);
         * ``quench_dissipation_kT`` = ``W_diss / kT = KL(prior || posterior)`` for an instantaneous switch;
         * ``kT_J``: k T at the device temperature (J), to convert.
+
+        Refused (ValueError) for a circuit made :meth:`from_precision`, which has no prior.
         """
+        if not self.has_prior:
+            raise ValueError("thermodynamics() needs the prior and likelihood; this circuit was made from_precision")
         entropy = 0.5 * (float(torch.logdet(self.prior_cov)) + self._logdet_P)
         r = self.y - (self.prior_mean if self.H is None else self.H @ self.prior_mean)
         Hm = self.H
@@ -531,14 +615,15 @@ class GaussianPosteriorCircuit:
 
     # --- sampling -------------------------------------------------------------------------------
 
-    def sample(self, n: int, generator: torch.Generator | None = None, *, start="prior",
+    def sample(self, n: int, generator: torch.Generator | None = None, *, start=None,
                burn_in: float | None = None, interval: float | None = None, chains: int = 1,
                info: bool = False):
         """Draw ``n`` posterior samples from the simulated chip.
 
         Protocol, per chain (chains run one after another): the cells start at ``start`` (``"prior"``: a
-        draw from the prior, the equilibrium of the circuit before its likelihood branch is switched on; or
-        a (d,) point in posterior units), relax for ``burn_in`` seconds (default :meth:`default_burn_in`),
+        draw from the prior, the equilibrium of the circuit before its likelihood branch is switched on;
+        ``"mean"``: the cells reset to zero, i.e. ``posterior_mean``; or a (d,) point in posterior units;
+        None: ``"prior"``, or ``"mean"`` for a circuit made :meth:`from_precision`), relax for ``burn_in`` seconds (default :meth:`default_burn_in`),
         then are read ``ceil(n / chains)`` times, ``interval`` seconds apart (default the device's
         ``sampling_interval``; consecutive reads of a mode relaxing at rate ``r`` correlate as
         ``exp(-r interval)``). Dynamics are exact OU transitions of the programmed chip; reads carry the
@@ -562,6 +647,9 @@ class GaussianPosteriorCircuit:
         if interval < dev.sampling_interval * (1 - 1e-9):
             raise ValueError(f"interval must be at least the ADC's sampling_interval ({dev.sampling_interval} s); "
                              f"got {interval}")
+        asked, start = start, self._resolve_start(start)
+        start_name = "prior" if isinstance(start, str) else ("mean" if asked is None or isinstance(asked, str)
+                                                             else "point")
         if burn_in is None:
             burn_in = self.default_burn_in(start)
         if isinstance(burn_in, bool) or not isinstance(burn_in, (int, float)) or not 0 <= burn_in < math.inf:
@@ -601,8 +689,8 @@ class GaussianPosteriorCircuit:
             return samples, cost
         return samples, cost, {"burn_in_s": float(burn_in), "interval_s": float(interval), "chains": chains,
                                "reads_per_chain": k, "programming": built["programming"], "dynamics": dynamics,
-                               "clipped_fraction": clipped / (chains * k * d), "start": start if isinstance(start, str)
-                               else "point"}
+                               "clipped_fraction": clipped / (chains * k * d),
+                               "start": start_name}
 
     def __repr__(self) -> str:
         return (f"GaussianPosteriorCircuit(d={self.d}, m={self.m}, design={self.design!r}, noise={self.noise!r}, "
