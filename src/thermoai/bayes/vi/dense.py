@@ -30,6 +30,7 @@ from torch import Tensor
 from thermoai import tree as T
 from thermoai.bayes import adam as adam_mod
 from thermoai.bayes._common import detached_copy, flat_rows, scalar_like, transform, under_transform, zero_step
+from thermoai.bayes._common import GaussianSampler, sample_with_sampler
 from thermoai.bayes.vi._common import (
     check_n_samples,
     check_temperature,
@@ -232,12 +233,20 @@ def nelbo(
 
 
 def sample(
-    state: VIDenseState, sample_shape: torch.Size | tuple[int, ...] = torch.Size([]), generator: torch.Generator | None = None
-) -> TensorTree:
-    """Draws from ``q``: a tree whose leaves have shape ``sample_shape + leaf.shape``."""
+    state: VIDenseState, sample_shape: torch.Size | tuple[int, ...] = torch.Size([]), generator: torch.Generator | None = None,
+    sampler: GaussianSampler | None = None,
+) -> TensorTree | tuple[TensorTree, Any]:
+    """Draws from ``q``: a tree whose leaves have shape ``sample_shape + leaf.shape``.
+
+    With ``sampler`` (a :class:`~thermoai.bayes._common.GaussianSampler`, e.g.
+    ``thermoai.thermo.circuits.circuit_sampler()``), the draws come from it, given ``mu`` and the precision
+    ``(L L^T)^-1 = L^-T L^-1`` (from the factor by triangular inversion), and the result is ``(samples, cost)``."""
     sample_shape = torch.Size(sample_shape)
     mu, unravel = T.ravel(state.params)
     L = L_from_flat(state.L_factor)
+    if sampler is not None:
+        prec = torch.cholesky_inverse(L)
+        return sample_with_sampler(sampler, mu, 0.5 * (prec + prec.mT), sample_shape, generator, unravel)
     eps = torch.randn((*sample_shape, mu.numel()), dtype=mu.dtype, device=mu.device, generator=generator)
     return unravel(mu + eps @ L.mT)
 
