@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from thermoai import tree as T
-from thermoai.bayes.laplace import dense_fisher, dense_ggn, dense_hessian
+from thermoai.bayes.laplace import add_prior_precision, dense_fisher, dense_ggn, dense_hessian
 from thermoai.bayes.log_prob import LogProbError
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -129,3 +129,38 @@ def test_errors_name_the_problem():
             state, batch, inplace=True
         )
     assert float(state.prec.abs().max()) == 0
+
+
+def log_likelihood(params, batch):
+    return M.outer_sum(M.forward(params, batch)[0], batch), torch.tensor([])
+
+
+@pytest.mark.parametrize("variant", ["fisher", "ggn"])
+def test_no_prior_error_counts_the_flat_directions_and_names_the_fix(variant):
+    """prior_precision = 0 (the default) and a parameter direction the data do not touch (input 0 always
+    zero: the 3 weights w1[:, 0]): sample reports at least those 3 flat directions and both fixes; the
+    prior added to the fitted state equals a fit with that prior and makes sample work."""
+    params, (x, y) = M.make_problem()
+    x = x.clone()
+    x[:, 0] = 0.0
+    builders = {
+        "fisher": lambda prior: dense_fisher.build(log_likelihood, prior_precision=prior),
+        "ggn": lambda prior: dense_ggn.build(M.forward, M.outer_sum, prior_precision=prior),
+    }
+    fit = builders[variant]
+    state, _ = fit(0.0).update(fit(0.0).init(params), (x, y))
+    with pytest.raises(ValueError, match=r"not positive definite: .* of 24 eigen-directions.*prior_precision > 0.*add_prior_precision") as err:
+        dense_fisher.sample(state, (2,))
+    n_flat = int(str(err.value).split("definite: ")[1].split(" of")[0])
+    assert n_flat >= 3
+    fixed = add_prior_precision(state, 0.5)
+    with_prior, _ = fit(0.5).update(fit(0.5).init(params), (x, y))
+    torch.testing.assert_close(fixed.prec, with_prior.prec, rtol=1e-12, atol=1e-12)
+    assert float(torch.linalg.eigvalsh(state.prec).min()) < 1e-9  # the original state is untouched
+    assert dense_fisher.sample(fixed, (3,))["w1"].shape == (3, *params["w1"].shape)
+    vec = add_prior_precision(state, torch.full((D,), 0.5, dtype=F64))
+    mat = add_prior_precision(state, 0.5 * torch.eye(D, dtype=F64))
+    torch.testing.assert_close(vec.prec, fixed.prec)
+    torch.testing.assert_close(mat.prec, fixed.prec)
+    with pytest.raises(ValueError, match="prior_precision"):
+        add_prior_precision(state, torch.ones(D + 1, dtype=F64))

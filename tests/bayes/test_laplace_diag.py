@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from thermoai import tree as T
-from thermoai.bayes.laplace import diag_fisher, diag_ggn
+from thermoai.bayes.laplace import add_prior_precision, diag_fisher, diag_ggn
 from thermoai.bayes.log_prob import LogProbError
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -136,3 +136,40 @@ def test_errors_name_the_problem():
         diag_ggn.build(M.forward, lambda z, b: (M.outer_sum(z, b), torch.tensor([]))).update(diag_ggn.init(params), batch)
     with pytest.raises(ValueError, match="pair"):
         diag_ggn.build(lambda p, b: M.forward(p, b)[0], M.outer_sum).update(diag_ggn.init(params), batch)
+
+
+def log_likelihood(params, batch):
+    return M.outer_sum(M.forward(params, batch)[0], batch), torch.tensor([])
+
+
+@pytest.mark.parametrize("variant", ["fisher", "ggn"])
+def test_no_prior_error_names_prior_precision_and_the_fitted_state_fix(variant):
+    """With the default prior_precision = 0, a parameter the data do not touch (here w1[:, 0], input 0 is
+    always zero) has zero precision: sample says which leaf, how many entries, and the two fixes; adding
+    the prior to the fitted state gives exactly the precision a fit with that prior gives."""
+    params, (x, y) = M.make_problem()
+    x = x.clone()
+    x[:, 0] = 0.0
+    if variant == "fisher":  # the likelihood alone (M.log_posterior's per-sample prior would touch w1[:, 0])
+        fit = lambda prior: diag_fisher.build(log_likelihood, prior_precision=prior)  # noqa: E731
+    else:
+        fit = lambda prior: diag_ggn.build(M.forward, M.outer_sum, prior_precision=prior)  # noqa: E731
+    state, _ = fit(0.0).update(fit(0.0).init(params), (x, y))
+    with pytest.raises(ValueError, match=r"w1: 3 of 12.*prior_precision > 0.*add_prior_precision\(state, 1.0\)"):
+        diag_fisher.sample(state, (2,))
+    fixed = add_prior_precision(state, 0.5)
+    with_prior, _ = fit(0.5).update(fit(0.5).init(params), (x, y))
+    for k in params:
+        torch.testing.assert_close(fixed.prec_diag[k], with_prior.prec_diag[k], rtol=1e-12, atol=0)
+        assert float(state.prec_diag[k].min()) >= 0  # the original state is untouched
+    assert float(state.prec_diag["w1"][:, 0].abs().max()) == 0
+    draws = diag_fisher.sample(fixed, (4000,), generator=torch.Generator().manual_seed(0))
+    # the untouched direction has the prior's variance 1/0.5: sd sqrt(2), standard error of the sd ~ sd/sqrt(2n)
+    sd = draws["w1"][:, :, 0].std(0)
+    assert float((sd - 2**0.5).abs().max()) < 5 * 2**0.5 / math.sqrt(2 * 4000)
+    tree_prior = {k: torch.full_like(v, 0.5) for k, v in params.items()}
+    torch.testing.assert_close(add_prior_precision(state, tree_prior).prec_diag["w1"], fixed.prec_diag["w1"])
+    with pytest.raises(ValueError, match="prior_precision"):
+        add_prior_precision(state, -1.0)
+    with pytest.raises(TypeError, match="Laplace state"):
+        add_prior_precision(params, 1.0)

@@ -22,7 +22,7 @@ from thermoai.bayes._common import (
     GaussianSampler, check_finite, check_per_sample_flag, detached_copy, flat_rows, sample_with_sampler, transform,
     under_transform, zero_step,
 )
-from thermoai.bayes.laplace._common import dense_init
+from thermoai.bayes.laplace._common import dense_init, not_positive_definite
 from thermoai.bayes.log_prob import per_sample_grads
 from thermoai.types import LogProbFn, TensorTree, Transform, check_non_negative
 
@@ -126,10 +126,7 @@ def sample(
                                    generator, unravel)
     L, info = torch.linalg.cholesky_ex(0.5 * (prec + prec.mT))
     if not under_transform(info) and int(info) != 0:  # under vmap (many replications) the check is skipped
-        raise ValueError(
-            "prec is not positive definite (a direction with zero or negative precision has no finite "
-            "variance); pass a positive prior_precision"
-        )
+        raise not_positive_definite(prec)
     eps = torch.randn((*sample_shape, mode.numel()), dtype=mode.dtype, device=mode.device, generator=generator)
     # x = L^{-T} eps has covariance (L L^T)^{-1} = prec^{-1}
     x = torch.linalg.solve_triangular(L.mT, eps.reshape(-1, mode.numel()).mT, upper=True).mT

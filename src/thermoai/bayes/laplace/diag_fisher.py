@@ -24,7 +24,7 @@ from thermoai import tree as T
 from thermoai.bayes._common import (
     check_finite, check_per_sample_flag, detached_copy, sample_diag_normal, transform, under_transform, zero_step,
 )
-from thermoai.bayes.laplace._common import diag_init
+from thermoai.bayes.laplace._common import check_diag_positive, diag_init
 from thermoai.bayes.log_prob import per_sample_grads
 from thermoai.types import LogProbFn, TensorTree, Transform, check_non_negative
 
@@ -126,14 +126,11 @@ def sample(
     """Draws ``theta* + sqrt(temperature) * eps / sqrt(prec)``: leaves of shape ``sample_shape + leaf.shape``.
 
     ``temperature`` tempers the approximation after the fact (cold posteriors: ``T < 1``). A zero
-    precision anywhere is an error (infinite variance): add a ``prior_precision``.
+    precision anywhere is an error (infinite variance) that names the fix: a ``prior_precision`` at build,
+    or :func:`thermoai.bayes.laplace.add_prior_precision` on the fitted state.
     """
     check_non_negative(temperature, "temperature")
-    for leaf in T.leaves(state.prec_diag):
-        if not under_transform(leaf) and bool((leaf <= 0).any()):  # not checkable under vmap
-            raise ValueError(
-                "prec_diag has zero or negative entries (infinite variance); pass a positive prior_precision"
-            )
+    check_diag_positive(state.prec_diag)
     scale = float(temperature) ** 0.5
     sd = T.tree_map(lambda p: scale * torch.rsqrt(p), state.prec_diag)
     return sample_diag_normal(state.params, sd, sample_shape, generator)
