@@ -189,3 +189,52 @@ def test_states_follow_params_device_and_dtype(device):
             assert leaf.device.type == device.type, type(state).__name__
             if leaf.is_floating_point():
                 assert leaf.dtype == F64, type(state).__name__
+
+
+def test_raw_factor_round_trip_and_its_chain_rule_match_autograd():
+    """The optimiser's factor (log diagonal, unit-triangular C = diag(L)^-1 L): L_from_raw inverts
+    raw_from_L, and the gradient handed to the optimiser is autograd's through L_from_raw."""
+    d = 6
+    g = torch.Generator().manual_seed(3)
+    L = torch.tril(torch.randn(d, d, generator=g, dtype=F64), -1) + torch.diag(torch.rand(d, generator=g, dtype=F64) + 0.1)
+    L_flat = dense.L_to_flat(L)
+    raw = dense.raw_from_L(L_flat)
+    torch.testing.assert_close(dense.L_from_raw(raw), L_flat, rtol=1e-14, atol=1e-15)
+    torch.testing.assert_close(torch.diagonal(dense.L_from_flat(raw)), torch.log(torch.diagonal(L)), rtol=1e-14, atol=0)
+    torch.testing.assert_close(dense.L_from_flat(raw)[3, 1], L[3, 1] / L[3, 3], rtol=1e-14, atol=0)
+    W = torch.randn(d, d, generator=g, dtype=F64)
+
+    def f(flat):  # any smooth function of L
+        M = dense.L_from_flat(flat)
+        return (W * M).sum() + (M @ M.T).square().sum()
+
+    r = raw.clone().requires_grad_()
+    f(dense.L_from_raw(r)).backward()
+    Lf = L_flat.clone().requires_grad_()
+    f(Lf).backward()
+    torch.testing.assert_close(dense._raw_grad(Lf.grad, L_flat), r.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_the_diagonal_stays_positive_under_large_steps(gaussian_target):
+    """Adam with lr = 0.5 from a factor of 0.01 I: optimised directly, L_ii would cross zero
+    (log|L_ii| and L^-T blow up); as exp(s_i) it cannot, and every NELBO stays finite."""
+    tg = gaussian_target
+    transform = dense.build(normalised(tg), optimizer=adam.adam(lr=0.5), init_L=0.01)
+    state = transform.init(tg.unflatten(torch.zeros(10, dtype=F64)))
+    g = torch.Generator().manual_seed(1)
+    lowest = math.inf
+    for _ in range(200):
+        state, _ = transform.update(state, None, inplace=True, generator=g)
+        lowest = min(lowest, float(torch.diagonal(dense.L_from_flat(state.L_factor)).min()))
+        assert math.isfinite(float(state.nelbo))
+    assert lowest > 0
+
+
+def test_a_negative_diagonal_in_init_L_is_the_same_covariance_with_a_positive_one():
+    L = torch.tensor([[-2.0, 0.0], [0.5, 1.5]], dtype=F64)
+    state = dense.init({"w": torch.zeros(2, dtype=F64)}, init_L=L)
+    L0 = dense.L_from_flat(state.L_factor)
+    assert bool((torch.diagonal(L0) > 0).all())
+    torch.testing.assert_close(L0 @ L0.T, L @ L.T, rtol=1e-15, atol=0)
+    scalar = dense.init({"w": torch.zeros(2, dtype=F64)}, init_L=-0.3)
+    torch.testing.assert_close(dense.L_from_flat(scalar.L_factor), 0.3 * torch.eye(2, dtype=F64))
