@@ -192,3 +192,26 @@ def test_smoke_run_writes_a_complete_report(tmp_path):
     assert head["summary"]["columns"][0] == "method" and len(head["summary"]["rows"]) == len(E.METHODS) + 2
     text = (tmp_path / "llm_uncertainty.md").read_text()
     assert "--smoke" in text and "PSF License" in text and "BSD-2-Clause" in text
+
+
+def test_choose_threads_drops_to_one_on_a_busy_machine():
+    assert E.choose_threads(0, 0.2, cores=2, default=2) == 2  # quiet
+    assert E.choose_threads(0, 6.0, cores=2, default=2) == 1  # other jobs keep the cores busy
+    assert E.choose_threads(0, None, cores=2, default=2) == 2  # no load average on this platform
+    assert E.choose_threads(3, 6.0, cores=2, default=2) == 3  # asked for
+    with pytest.raises(ValueError, match="threads"):
+        E.choose_threads(-1, 0.0)
+
+
+def test_heldout_losses_in_one_forward_equal_one_per_episode(sub, smollm):
+    tok = smollm[1]
+    a = E.text_set(sub, D.chunk(tok, D.python_reference(), 8, 2))
+    b = E.text_set(sub, D.chunk(tok, D.dataset_descriptions(), 8, 3))
+    c = E.text_set(sub, D.chunk(tok, D.dataset_descriptions(), 6, 1))  # another length: the loop
+    p = sub.params()
+    both = E.heldout_losses(sub, p, {"a": a, "b": b})
+    for name, data in (("a", a), ("b", b)):
+        alone = E.heldout_losses(sub, p, {name: data})[name]
+        assert both[name] == pytest.approx(alone, abs=1e-5)
+    mixed = E.heldout_losses(sub, p, {"a": a, "c": c})
+    assert mixed["a"] == pytest.approx(both["a"], abs=1e-5) and math.isfinite(mixed["c"])

@@ -109,6 +109,8 @@ class Config:
     lora_r: int = 8
     lora_alpha: int = 32
     cl_language: str = "fr"
+    # torch threads; 0: torch's default when the machine has that many idle cores, else 1 (see choose_threads)
+    threads: int = 0
 
 
 PAPER = "posteriors"
@@ -469,10 +471,16 @@ def cl_log_posterior(sub: lm.LMSubset, prior_mean: dict[str, Tensor], prior_prec
 
 def heldout_losses(sub: lm.LMSubset, params: dict[str, Tensor], heldout: dict[str, TextSet]) -> dict[str, float]:
     """Mean negative log-likelihood per token (nats) of each episode's held-out windows."""
+    names = list(heldout)
+    sets = [heldout[n] for n in names]
     out = {}
     with torch.no_grad():
-        for name, data in heldout.items():
-            ll = sub.token_log_likelihood(params, data.hidden, data.ids, data.mask)
+        if len({d.ids.shape[1] for d in sets}) == 1:  # windows of one length: one forward for all episodes
+            ids, mask, hidden = (torch.cat([getattr(d, a) for d in sets]) for a in ("ids", "mask", "hidden"))
+            lls = sub.token_log_likelihood(params, hidden, ids, mask).split([len(d) for d in sets])
+        else:
+            lls = [sub.token_log_likelihood(params, d.hidden, d.ids, d.mask) for d in sets]
+        for name, data, ll in zip(names, sets, lls):
             out[name] = float(-ll.sum() / data.mask[:, 1:].sum())
     return out
 
@@ -885,15 +893,44 @@ def headline(result: dict) -> dict:
     }
 
 
+def choose_threads(requested: int, load: float | None, cores: int | None = None, default: int | None = None) -> int:
+    """Torch threads for the run: ``requested`` if positive; else ``default`` (torch's own count) when the
+    machine's 1-minute ``load`` average leaves that many of its ``cores`` idle (to half a core), else 1.
+
+    Why: each parallel torch op waits at a barrier for all its threads, so on cores that other jobs keep
+    busy two threads spend much of their time waiting for each other (measured here at load 6 on 2 cores:
+    a training step took 4x the wall time and 3x the CPU time of one thread)."""
+    if not isinstance(requested, int) or requested < 0:
+        raise ValueError(f"threads must be a non-negative int (0: automatic); got {requested!r}")
+    if requested > 0:
+        return requested
+    cores = (os.cpu_count() or 1) if cores is None else cores
+    default = torch.get_num_threads() if default is None else default
+    # a load average of a few tenths is a quiet machine (our own start-up, system daemons)
+    if load is None or load + default <= cores + 0.5:
+        return default
+    return 1
+
+
 def run(out_dir: Path, quick: bool = False, config: Config | None = None, smoke: bool = False) -> dict:
     """Run both parts and write ``llm_uncertainty.md``, ``.json`` and ``.png`` into ``out_dir``; returns the
     numbers (config, per-seed results, method summaries, continual-learning tables, ``verdicts`` and the
-    report's headline ``summary``). ``smoke`` runs :data:`SMOKE` (seconds, every code path)."""
+    report's headline ``summary``). ``smoke`` runs :data:`SMOKE` (seconds, every code path). Torch's thread
+    count is set for the run (:func:`choose_threads`) and restored after it."""
+    cfg = config if config is not None else (SMOKE if smoke else QUICK if quick else Config())
+    previous = torch.get_num_threads()
+    torch.set_num_threads(choose_threads(cfg.threads, _load_average()))
+    try:
+        return _run(out_dir, quick, cfg, smoke)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run(out_dir: Path, quick: bool, cfg: Config, smoke: bool) -> dict:
     from tqdm.auto import tqdm
 
     from thermoai.memory.model import load_model
 
-    cfg = config if config is not None else (SMOKE if smoke else QUICK if quick else Config())
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start, cpu_start, load_start = time.perf_counter(), time.process_time(), _load_average()
