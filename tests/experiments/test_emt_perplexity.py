@@ -52,7 +52,7 @@ def test_scores_match_separate_forward_passes(smollm):
     # memories change the prediction; against a bank built on exactly that prefix (not a cut one)
     from thermoai.memory import MemoryBank, attach
 
-    bank = MemoryBank.build(model, ids=ids[:160 - window], window=window, stride=window // 2, progress=False)
+    bank = MemoryBank.build(model, ids=ids[:160 - window], window=window, stride=window, progress=False)
     with attach(model, bank, topk=3):
         direct = nll(ids[160 - window:160])
     assert out["extended_mind"][160] == pytest.approx(direct, abs=2e-4)

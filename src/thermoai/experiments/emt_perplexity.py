@@ -45,7 +45,7 @@ _LABELS = {"truncated": "truncation to the last W tokens", "extended_mind": "Ext
 _TOPICS = ("specialnames", "compound", "types", "formatstrings", "string-methods", "typesseq", "debugger")
 _MODULES = ("argparse", "dataclasses", "subprocess", "enum", "inspect", "typing", "pathlib")
 PRESETS = {
-    "full": {"n_documents": 6, "lengths": (512, 1024, 2048, 3072, 4096, 6144, 8192), "window": 2048, "scored": 256},
+    "full": {"n_documents": 6, "lengths": (512, 1024, 2048, 4096, 6144, 8192), "window": 2048, "scored": 256},
     "quick": {"n_documents": 3, "lengths": (512, 1024, 2048, 4096), "window": 512, "scored": 128},
 }
 
@@ -106,7 +106,8 @@ def score_document(model, ids: torch.Tensor, lengths, window: int, scored: int, 
 
     Returns ``{condition: {L: nll or None}}``; ``full`` is ``None`` where ``L`` exceeds the model's
     positions. Memories come from one bank built on ``ids[:max(lengths) - window]`` (window ``window``,
-    stride ``bank_stride``, default ``window // 2``), cut per length with ``MemoryBank.prefix``.
+    stride ``bank_stride``, default ``window``: consecutive windows, each memory computed with the same
+    amount of left context as a truncated input), cut per length with ``MemoryBank.prefix``.
     """
     from thermoai.memory import MemoryBank, attach
 
@@ -137,7 +138,7 @@ def score_document(model, ids: torch.Tensor, lengths, window: int, scored: int, 
     bank = None
     if longest > window:
         bank = MemoryBank.build(model, ids=ids[:longest - window].cpu(), window=window,
-                                stride=bank_stride or max(1, window // 2), progress=False)
+                                stride=bank_stride or window, progress=False)
     tick("bank")
     for n in lengths:
         out["truncated"][n] = local(n)
@@ -192,7 +193,7 @@ def run(out_dir: str | Path, quick: bool = False, *, n_documents: int | None = N
             instead of the full one (6 documents, 512 ... 8192, ``W = 2048`` as the paper, 256 scored).
         n_documents, lengths, window, scored: override the preset (``scored < min(lengths)``,
             ``scored <= window``).
-        topk: memories per head and token (paper: 3). bank_stride: bank build stride (default ``W // 2``).
+        topk: memories per head and token (paper: 3). bank_stride: bank build stride (default ``W``).
         threads: torch CPU threads for the run (restored afterwards).
         model, tokenizer: default the embedded SmolLM2-135M-Instruct.
     """
@@ -243,7 +244,7 @@ def run(out_dir: str | Path, quick: bool = False, *, n_documents: int | None = N
     limit = int(getattr(model.config, "max_position_embeddings", 0) or 0)
     result = {
         "settings": {"lengths": lengths, "window": window, "scored": scored, "topk": topk, "n_documents": n_docs,
-                     "bank_window": window, "bank_stride": bank_stride or max(1, window // 2),
+                     "bank_window": window, "bank_stride": bank_stride or window,
                      "max_positions": limit, "model": getattr(model.config, "name_or_path", None) or "model",
                      "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
                      "threads": int(threads or old_threads), "quick": bool(quick)},
@@ -366,8 +367,8 @@ PAPER = "emt"
 RUN_TIME = {"quick": 180, "full": 1200}  # seconds on 2 CPU cores
 REPRODUCE = {
     "smoke": {"quick": True, "n_documents": 2, "lengths": (96, 192), "window": 64, "scored": 32, "threads": 1},
-    "quick": {"quick": True},
-    "full": {"quick": False},
+    "quick": {"quick": True, "threads": 1},
+    "full": {"quick": False, "threads": 1},
 }
 
 
