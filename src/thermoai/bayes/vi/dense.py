@@ -106,6 +106,24 @@ class VIDenseState(NamedTuple):
     step: Tensor
 
 
+_TRI: dict[tuple[int, torch.device], tuple[Tensor, Tensor, Tensor]] = {}
+
+
+def _triangle(d: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """``(rows, linear, index)`` of the flat lower triangle of a ``(d, d)`` matrix: ``rows`` and the
+    positions ``linear = rows * d + cols`` in the ravelled matrix, both ``(d(d+1)/2,)`` row-major; ``index``
+    ``(d, d)`` the position + 1 of each entry in the flat vector (0 above the diagonal). Cached for one size at a time: on the README model (``d = 2410``) building them took
+    more than a third of a step."""
+    key = (d, torch.device(device))
+    if key not in _TRI:
+        rows, cols = torch.tril_indices(d, d, device=device)
+        index = torch.zeros((d, d), dtype=torch.long, device=device)
+        index[rows, cols] = torch.arange(1, rows.numel() + 1, device=device)
+        _TRI.clear()
+        _TRI[key] = (rows, rows * d + cols, index)
+    return _TRI[key]
+
+
 def L_from_flat(L_flat: Tensor) -> Tensor:
     """The ``(d, d)`` lower-triangular matrix from its flat ``(d(d+1)/2,)`` lower triangle (row-major)."""
     k = L_flat.shape[-1]
@@ -113,9 +131,7 @@ def L_from_flat(L_flat: Tensor) -> Tensor:
     if d * (d + 1) // 2 != k:
         raise ValueError(f"L_flat must have d(d+1)/2 elements for some d; got {k}")
     # gather from [0, L_flat] (index 0 above the diagonal): no in-place write, so it also works under vmap
-    rows, cols = torch.tril_indices(d, d, device=L_flat.device)
-    index = torch.zeros((d, d), dtype=torch.long, device=L_flat.device)
-    index[rows, cols] = torch.arange(1, k + 1, device=L_flat.device)
+    index = _triangle(d, L_flat.device)[2]
     padded = torch.cat([torch.zeros_like(L_flat[..., :1]), L_flat], dim=-1)
     return padded[..., index]
 
@@ -123,8 +139,7 @@ def L_from_flat(L_flat: Tensor) -> Tensor:
 def L_to_flat(L: Tensor) -> Tensor:
     """The flat lower triangle (row-major) of a ``(d, d)`` matrix; inverse of :func:`L_from_flat`."""
     d = L.shape[-1]
-    rows, cols = torch.tril_indices(d, d, device=L.device)
-    return L[..., rows, cols]
+    return L.reshape(*L.shape[:-2], d * d)[..., _triangle(d, L.device)[1]]
 
 
 _ROWS: dict[tuple[int, torch.device], tuple[Tensor, Tensor, Tensor]] = {}
