@@ -133,7 +133,7 @@ def test_ideal_circuit_draws_match_the_methods_gaussian(name, design):
     assert not isinstance(digital, tuple) and T.leaves(digital)[0].shape[0] == 3
 
 
-@pytest.mark.parametrize("name", ["laplace_dense_ggn", "vi_dense", "ekf_dense_fisher"])
+@pytest.mark.parametrize("name", sorted(STATES))
 def test_nonideal_device_error_is_the_circuits_predicted_stationary_law(name):
     """A chip with 8-bit DACs, 2 % mismatch on every array, 15 % too much noise amplitude, readout noise and a 10-bit
     ADC: the draws follow the circuit's predicted stationary law, which is measurably not the posterior."""

@@ -172,7 +172,9 @@ class Device:
     Cost formulas (the only ones in thermoai, used by the simulator and the predictor alike):
     programming ``n`` values takes ``ceil(n / channels) program_time_per_value`` and
     ``n program_energy_per_value``; a run keeping ``d`` cells on for ``t`` seconds costs
-    ``(d power_per_cell + d^2 power_per_coupling) t`` plus ``adc_energy_per_conversion`` per conversion;
+    ``(d power_per_cell + d^2 power_per_coupling) t`` plus ``adc_energy_per_conversion`` per conversion (other
+    counts of cells and couplings, e.g. a circuit's sigmoid cells and crossbars, through
+    :meth:`operating_cost`'s ``cells`` and ``couplings``);
     accumulating second moments costs ``2 d^2`` host flops per snapshot (or ``d^2 power_per_accumulator t``
     on the chip), see :meth:`accumulation_cost`.
     """

@@ -52,9 +52,9 @@ large by ``h T Sigma_pi,jj / (2 L)`` (:meth:`LogisticPosteriorCircuit.discretisa
 
 **Costs.** Programming: the prior network (``2 d^2`` values), its sources (``d``) and noise gain (1), both
 crossbars (``2 rows d``) and the label sources (``rows``), through ``Device.program``; once, or at every
-switch for minibatches. Running: ``Device.operating_cost`` for the ``d`` node cells (and their couplings),
-plus ``rows`` sigmoid cells at ``power_per_cell`` and ``2 rows d`` crossbar couplings at ``power_per_coupling``
-(the device's own figures), plus one ADC conversion per node per read.
+switch for minibatches. Running: ``Device.operating_cost`` with ``cells = d + rows`` (the node cells and one
+sigmoid cell per row) and ``couplings = d^2 + 2 rows d`` (the prior network and the two crossbars) at the
+device's own figures, plus one ADC conversion per node per read.
 """
 
 from __future__ import annotations
