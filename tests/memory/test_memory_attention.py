@@ -123,10 +123,16 @@ def test_blocked_topk_equals_torch_topk():
     assert torch.equal(values, expected.values) and torch.equal(idx, expected.indices)
 
 
-@pytest.mark.parametrize("s", [1, 5])
-def test_large_bank_equals_repeated_bank(tiny, doc_ids, s):
-    """(c) with 3000 memories: the blocked top-k, for one query token (decoding) and for several."""
+@pytest.mark.parametrize("s, batch, budget", [(1, 1, None), (5, 1, None), (5, 2, None), (5, 2, 3 * 2 * 3000)])
+def test_large_bank_equals_repeated_bank(tiny, doc_ids, s, batch, budget, monkeypatch):
+    """(c) with 3000 memories: the blocked top-k, for one query token (decoding) and for several, in a
+    batch, and with the prefill's query rows scored in blocks of 3 (a similarity budget of 3 rows)."""
     import dataclasses
+
+    from thermoai.memory import attention as A
+
+    if budget is not None:
+        monkeypatch.setitem(A._SIM_BUDGET, "cpu", budget)
 
     small = MemoryBank.build(tiny, ids=doc_ids[:30], progress=False)
     generator = torch.Generator().manual_seed(6)
@@ -137,9 +143,9 @@ def test_large_bank_equals_repeated_bank(tiny, doc_ids, s):
                                token_ids=torch.full((m,), 5), positions=torch.arange(m),
                                char_spans=torch.full((m, 2), -1), n_positions=m)
     kv = 7
-    query = torch.randn(1, 4, s, d, generator=generator)
-    key = torch.randn(1, 2, kv, d, generator=generator)
-    value = torch.randn(1, 2, kv, d, generator=generator)
+    query = torch.randn(batch, 4, s, d, generator=generator)
+    key = torch.randn(batch, 2, kv, d, generator=generator)
+    value = torch.randn(batch, 2, kv, d, generator=generator)
     mask = torch.zeros(1, 1, s, kv).masked_fill(~torch.ones(s, kv, dtype=torch.bool).tril(kv - s), torch.finfo(torch.float32).min)
     module = tiny.model.layers[1].self_attn
     with attach(tiny, bank, topk=10):
