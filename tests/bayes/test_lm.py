@@ -137,6 +137,15 @@ def test_token_log_likelihood_is_the_next_token_log_softmax():
         lm.token_log_likelihood(logits, x, mask[:, :3])
     with pytest.raises(ValueError, match="input_ids"):
         lm.token_log_likelihood(logits, x[:, :3])
+    for value in (float("nan"), float("inf")):
+        bad = logits.clone()
+        bad[1, 2, 3] = value
+        with pytest.raises(ValueError, match=r"logits: NaN or \+inf entries give NaN log-likelihoods in rows \[1\]"):
+            lm.token_log_likelihood(bad, x, mask)
+    # -inf at a class is "impossible", not an error: finite unless it is the target
+    impossible = logits.clone()
+    impossible[0, 0, (int(x[0, 1]) + 1) % 7] = float("-inf")
+    assert bool(torch.isfinite(lm.token_log_likelihood(impossible, x)[0, 0]))
 
 
 def test_a_tied_head_is_never_random():
@@ -172,6 +181,8 @@ def test_bad_input_is_refused_with_the_argument_named(llama, ids):
         sub.prefix(torch.zeros(2, 3))
     with pytest.raises(ValueError, match="hidden"):
         sub.logits(sub.params(), torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="hidden has 65 positions but the model's window is 64"):
+        sub.logits(sub.params(), torch.zeros(1, 65, 32))
     with pytest.raises(TypeError, match="params"):
         sub.load([1, 2])
     with pytest.raises(TypeError, match="decoder blocks"):

@@ -345,7 +345,11 @@ def token_log_likelihood(logits: Tensor, input_ids: Tensor, mask: Tensor | None 
     """Next-token log-likelihoods ``log p(x_{t+1} | x_{<=t})``: ``(B, L-1)`` from logits ``(B, L, V)``
     and ids ``(B, L)``; where ``mask`` ``(B, L)`` is false at the *target* position ``t+1`` the entry is 0.
 
-    Works under ``vmap`` (no data-dependent control flow) and in float64 if the logits are.
+    Works under ``vmap`` (no data-dependent control flow) and in float64 if the logits are. Outside
+    ``torch.func`` transforms a NaN log-likelihood (from NaN or +inf logits) raises ``ValueError``; a -inf
+    logit at a target gives -inf (that token is impossible under the logits), not an error. Inside
+    ``grad``/``vmap`` the check is left to the caller (:func:`thermoai.bayes.log_prob.value_and_grad`
+    refuses a non-finite value).
     """
     if not isinstance(logits, Tensor) or logits.ndim != 3:
         raise ValueError(f"logits must be (B, L, V); got {_describe(logits)}")
@@ -354,6 +358,9 @@ def token_log_likelihood(logits: Tensor, input_ids: Tensor, mask: Tensor | None 
     targets = input_ids[:, 1:]
     # cross_entropy wants the classes in dim 1: (B, V, L-1)
     ll = -F.cross_entropy(logits[:, :-1].transpose(1, 2), targets, reduction="none")
+    if not under_transform(ll) and bool(torch.isnan(ll).any()):
+        rows = torch.isnan(ll).any(-1).nonzero().flatten().tolist()
+        raise ValueError(f"logits: NaN or +inf entries give NaN log-likelihoods in rows {rows[:5]}")
     if mask is None:
         return ll
     if not isinstance(mask, Tensor) or tuple(mask.shape) != tuple(input_ids.shape):
