@@ -45,7 +45,7 @@ _LABELS = {"truncated": "truncation to the last W tokens", "extended_mind": "Ext
 _TOPICS = ("specialnames", "compound", "types", "formatstrings", "string-methods", "typesseq", "debugger")
 _MODULES = ("argparse", "dataclasses", "subprocess", "enum", "inspect", "typing", "pathlib")
 PRESETS = {
-    "full": {"n_documents": 6, "lengths": (512, 1024, 2048, 4096, 6144, 8192), "window": 2048, "scored": 256},
+    "full": {"n_documents": 4, "lengths": (512, 1024, 2048, 4096, 6144, 8192), "window": 2048, "scored": 256},
     "quick": {"n_documents": 3, "lengths": (512, 1024, 2048, 4096), "window": 512, "scored": 128},
 }
 
@@ -190,7 +190,7 @@ def run(out_dir: str | Path, quick: bool = False, *, n_documents: int | None = N
 
     Args:
         quick: the quick preset (3 documents, lengths 512 ... 4096, ``W = 512``, 128 scored tokens)
-            instead of the full one (6 documents, 512 ... 8192, ``W = 2048`` as the paper, 256 scored).
+            instead of the full one (4 documents, 512 ... 8192, ``W = 2048`` as the paper, 256 scored).
         n_documents, lengths, window, scored: override the preset (``scored < min(lengths)``,
             ``scored <= window``).
         topk: memories per head and token (paper: 3). bank_stride: bank build stride (default ``W``).
