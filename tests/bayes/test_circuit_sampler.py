@@ -186,3 +186,16 @@ def test_sampler_arguments_are_checked():
     bad = STATES["vi_dense"][1]._replace(L_factor=torch.zeros_like(STATES["vi_dense"][1].L_factor))
     with pytest.raises((ValueError, RuntimeError)):
         vi_dense.sample(bad, (4,), sampler=circuit_sampler())
+
+
+def test_float32_parameters_get_float32_draws_and_vmap_is_refused():
+    params, batch = M.make_problem(torch.float32)
+    tr = dense_ggn.build(M.forward, M.outer_sum, prior_precision=1.0)
+    state, _ = tr.update(tr.init(params), batch)
+    tree, cost = dense_fisher.sample(state, (7,), generator=torch.Generator().manual_seed(0), sampler=circuit_sampler())
+    for leaf, p in zip(T.leaves(tree), T.leaves(params)):
+        assert leaf.dtype == torch.float32 and leaf.shape == (7, *p.shape)
+    assert cost.time > 0 and cost.energy > 0
+    stacked = T.tree_map(lambda a: torch.stack([a, a]), state)
+    with pytest.raises(ValueError, match="cannot run under torch.func transforms"):
+        torch.vmap(lambda s: dense_fisher.sample(s, (4,), sampler=circuit_sampler())[0], randomness="different")(stacked)

@@ -467,7 +467,8 @@ class GaussianPosteriorCircuit:
 
     def kl(self, times, start=None, programmed: bool = False) -> Tensor:
         """``KL(p_t || posterior)`` (nats) of the device state at ``times`` (s, after the likelihood branch is
-        switched on) from ``start`` (``"prior"``: the prior's equilibrium; or a (d,) point), exactly.
+        switched on) from ``start`` (``"prior"``: the prior's equilibrium; ``"mean"`` or a (d,) point; None:
+        the circuit's default, ``"prior"``, or ``"mean"`` for one made :meth:`from_precision`), exactly.
 
         ``programmed=False`` uses the ideal design (fast: one eigendecomposition, then O(d) per time for rc,
         one Cholesky per time for active); ``programmed=True`` the chip as programmed (one matrix exponential
