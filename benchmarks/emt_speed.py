@@ -11,7 +11,7 @@ On one CPU thread the times are CPU seconds of this process (``time.process_time
 shared machine disturbs them less; otherwise wall-clock seconds.
 The document is a counterfactual benchmark document (``thermoai.experiments.emt_data``).
 
-    python benchmarks/emt_speed.py [--tokens 16000] [--new-tokens 32] [--stride 512] [--device cpu]
+    python benchmarks/emt_speed.py [--tokens 16000] [--new-tokens 32] [--stride 512] [--layers all|0.5] [--device cpu]
 """
 
 from __future__ import annotations
@@ -65,12 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=32, help="generated tokens per run (default 32)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per setting; the median is kept")
     parser.add_argument("--topk", type=int, default=10)
+    parser.add_argument("--layers", default="all",
+                        help="retrieving layers: 'all' (default, the reference) or a fraction such as 0.5 (evenly spaced)")
     parser.add_argument("--window", type=int, default=3072)
     parser.add_argument("--stride", type=int, default=512, help="bank stride (default 512, the reference)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", default="benchmarks/results/emt_speed.md")
+    parser.add_argument("--bank", default=None,
+                        help="bank file: loaded if it exists (the build is then not timed), else built and saved there")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -89,23 +93,49 @@ def main(argv: list[str] | None = None) -> int:
                                            return_tensors="pt", return_dict=True)["input_ids"].to(args.device)
 
     clock = clock_for(args.device)
-    _sync(args.device)
-    t0 = clock()
-    bank = MemoryBank.build(model, tokenizer, text=doc.text, window=args.window, stride=args.stride, progress=True)
-    _sync(args.device)
-    build_s = clock() - t0
+    build_s = None
+    if args.bank and Path(args.bank).is_file():
+        bank = MemoryBank.load(args.bank, model=model, device=args.device)
+        if bank.text != doc.text or (bank.window, bank.stride) != (args.window, args.stride):
+            raise SystemExit(f"--bank {args.bank}: built for another document or window/stride; delete it to rebuild")
+    else:
+        _sync(args.device)
+        t0 = clock()
+        bank = MemoryBank.build(model, tokenizer, text=doc.text, window=args.window, stride=args.stride, progress=True)
+        _sync(args.device)
+        build_s = clock() - t0
+        if args.bank:
+            bank.save(args.bank)
     n = bank.n_positions
     windows = 1 + max(0, -(-(n - args.window) // args.stride))
     forwards = sum(min(args.window, n - i * args.stride) for i in range(windows))  # the last window may be short
 
-    def measure():
-        time_generation(model, prompt, 4)  # warm-up
-        runs = [time_generation(model, prompt, args.new_tokens) for _ in range(args.repeats)]
-        return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+    n_layers = model.config.num_hidden_layers
+    if args.layers == "all":
+        layers = list(range(n_layers))
+    else:
+        from thermoai.experiments.emt_benchmark import evenly_spaced_layers
 
-    plain_prefill, plain_decode = measure()
-    with attach(model, bank, topk=args.topk):
-        emt_prefill, emt_decode = measure()
+        layers = evenly_spaced_layers(n_layers, float(args.layers))
+    mind = attach(model, bank, topk=args.topk, layers=layers)  # places the bank once
+    mind.detach()
+
+    def one(with_bank: bool, new_tokens: int):
+        if with_bank:
+            mind.attach()
+        try:
+            return time_generation(model, prompt, new_tokens)
+        finally:
+            mind.detach()
+
+    # alternating runs without and with the bank: a change of the machine's load hits both alike
+    one(False, 4), one(True, 4)  # warm-up
+    plain_runs, emt_runs = [], []
+    for _ in range(args.repeats):
+        plain_runs.append(one(False, args.new_tokens))
+        emt_runs.append(one(True, args.new_tokens))
+    plain_prefill, plain_decode = (statistics.median(r[i] for r in plain_runs) for i in (0, 1))
+    emt_prefill, emt_decode = (statistics.median(r[i] for r in emt_runs) for i in (0, 1))
 
     rows = [
         ("prompt prefill (s)", plain_prefill, emt_prefill),
@@ -118,9 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         "# Extended Mind speed",
         "",
         f"SmolLM2-135M-Instruct, {args.dtype}, {device_name}; a {n}-token memory bank ({len(bank)} memories, "
-        f"all {model.config.num_hidden_layers} layers retrieve, k={args.topk}, exact top-k) against the same model "
+        f"{f'all {n_layers}' if len(layers) == n_layers else f'{len(layers)} of {n_layers}'} layers retrieve, k={args.topk}, exact top-k) against the same model "
         f"without memory; prompt of {prompt.shape[1]} tokens, {args.new_tokens} generated tokens, median of "
-        f"{args.repeats} runs; times are "
+        f"{args.repeats} alternating runs each; times are "
         + ("CPU seconds of this process (one thread)." if clock is time.process_time else "wall-clock seconds."),
         "",
         "| measure | no memory | with 16k bank | ratio (bank / none) |".replace("16k", f"{n}-token"),
@@ -130,11 +160,14 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {name} | {plain:.4g} | {emt:.4g} | {emt / plain:.2f} |")
     lines += [
         "",
-        f"Bank build: {n} document tokens in {build_s:.1f} s = **{n / build_s:.0f} document tokens/s** "
-        f"(window {args.window}, stride {args.stride}: {windows} windows, {forwards} token-forwards, "
-        f"{forwards / build_s:.0f} token-forwards/s). Model load {load_s:.1f} s.",
+        (f"Bank build: {n} document tokens in {build_s:.1f} s = **{n / build_s:.0f} document tokens/s** "
+         f"(window {args.window}, stride {args.stride}: {windows} windows, {forwards} token-forwards, "
+         f"{forwards / build_s:.0f} token-forwards/s)." if build_s is not None else
+         f"Bank loaded from `{args.bank}` (window {args.window}, stride {args.stride}; build not timed in this run).")
+        + f" Model load {load_s:.1f} s.",
         "",
-        f"Slow-down per generated token: **{emt_decode / plain_decode:.2f}x** (target: at most 2x).",
+        f"Slow-down per generated token: **{emt_decode / plain_decode:.2f}x** (target: at most 2x); "
+        f"prefill: **{emt_prefill / plain_prefill:.2f}x** (target: at most 2x).",
         "",
         f"Command: `{command.strip()}`",
         "",
