@@ -50,6 +50,14 @@ def test_ravel_roundtrip_dtypes_and_batched_unravel():
     assert torch.equal(T.tree_ravel(p), flat)
 
 
+def test_ravel_roundtrip_with_a_scalar_leaf():
+    p = {"bias": torch.tensor(1.5), "w": torch.arange(2.0)}  # a 0-d leaf, unbatched and batched
+    flat, unravel = T.ravel(p)
+    back = unravel(flat)
+    assert back["bias"].shape == () and float(back["bias"]) == 1.5 and torch.equal(back["w"], p["w"])
+    assert unravel(torch.zeros(4, 3))["bias"].shape == (4,)
+
+
 def test_extract_and_insert():
     p = {"a": torch.ones(2, requires_grad=True), "b": torch.zeros(3)}
     sub = T.extract_requires_grad(p)

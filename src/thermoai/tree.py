@@ -97,7 +97,7 @@ def ravel(tree: TensorTree) -> tuple[Tensor, Callable[[Tensor], TensorTree]]:
             raise ValueError(f"unravel expected a vector of {sum(sizes)} elements, got shape {tuple(vector.shape)}")
         lead = vector.shape[:-1]
         parts = torch.split(vector, sizes, dim=-1)
-        return unflatten(spec, [p.reshape(*lead, *s).to(d) for p, s, d in zip(parts, shapes, dtypes)])
+        return unflatten(spec, [p.reshape((*lead, *s)).to(d) for p, s, d in zip(parts, shapes, dtypes)])
 
     return flat, unravel
 
