@@ -310,9 +310,6 @@ def _write(out_dir: Path, result: dict) -> None:
         p = result["paired"][n]
         lines.append(f"| {n} | {_diff(p.get('extended_mind - truncated'))} | {_diff(p.get('full - truncated'))} | "
                      f"{_diff(p.get('extended_mind - full'))} |")
-    lines += ["", "## Verdicts", ""]
-    for v in result["verdicts"]:
-        lines.append(f"- **{v['verdict']}**: {v['claim']}. {v['reason']}")
     lines += ["", "## Documents", "", "| document | source | licence | NLL per condition at the longest input | seconds |",
               "|---|---|---|---|---|"]
     top = lengths[-1]
