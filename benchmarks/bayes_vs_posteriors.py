@@ -8,9 +8,16 @@ Laplace diag empirical Fisher (per-sample gradients by vmap). Each method runs w
 
 Timing: both libraries in this one process, the same torch thread count, a warm-up, then ``--repeats``
 blocks of ``--steps`` updates per library, the order of the two libraries alternating block by block;
-the figure is the median over blocks of the mean time per step. The gradient of the log posterior alone
+the figure is the median over blocks of the mean time per step, with the ratios' range over the rounds,
+and the machine's load average at the start and the end. The gradient of the log posterior alone
 (``torch.func.grad_and_value``, which both libraries call) is timed the same way, so that the cost of the
 update arithmetic itself is ``step - gradient``; for SGMCMC the table reports both ratios.
+
+The floor of an SGMCMC update on a CPU is the Gaussian noise (one normal per parameter): the same run
+times thermoai's and posteriors' draws, candidate faster generators (Box-Muller as torch ops on bits drawn
+in one call, from torch's Mersenne Twister and from numpy's SFC64; numpy's ziggurat) and the parts of
+thermoai's SGLD step (validated gradient, finiteness check, one fused axpy), and the report states the
+least update-only ratio those parts allow.
 
 Run with the benchmark environment (posteriors, torchopt and tensordict are installed only there):
 
@@ -32,6 +39,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -154,11 +162,12 @@ def stepper(transform: Any, params: dict[str, torch.Tensor], batch: Any, inplace
     return step
 
 
-def measure(
+def measure_blocks(
     steps: dict[str, Callable[[], Any]], n_steps: int, repeats: int, warmup: int, clock: str
-) -> dict[str, float]:
-    """Median over ``repeats`` interleaved blocks of the mean seconds per step, per named stepper, on
-    ``clock`` ("cpu": this thread's CPU time; "wall": elapsed time)."""
+) -> dict[str, list[float]]:
+    """Per named stepper, the mean seconds per step of each of ``repeats`` interleaved blocks (block ``r``
+    of every stepper ran in the same round, the order alternating between rounds) on ``clock``
+    ("cpu": this thread's CPU time; "wall": elapsed time)."""
     names = list(steps)
     for name in names:
         time_block(steps[name], warmup)
@@ -168,7 +177,96 @@ def measure(
         for name in order:
             wall, cpu = time_block(steps[name], n_steps)
             samples[name].append(cpu if clock == "cpu" else wall)
-    return {n: statistics.median(v) for n, v in samples.items()}
+    return samples
+
+
+def measure(
+    steps: dict[str, Callable[[], Any]], n_steps: int, repeats: int, warmup: int, clock: str
+) -> dict[str, float]:
+    """Median over ``repeats`` interleaved blocks of the mean seconds per step (:func:`measure_blocks`)."""
+    return {n: statistics.median(v) for n, v in measure_blocks(steps, n_steps, repeats, warmup, clock).items()}
+
+
+def spread(values: list[float]) -> tuple[float, float, float]:
+    """``(median, min, max)`` of per-round ratios."""
+    return statistics.median(values), min(values), max(values)
+
+
+def update_parts(params: dict[str, torch.Tensor], batch: Any) -> dict[str, Callable[[], Any]]:
+    """thermoai's in-place SGLD step on the MLP taken apart: where its time goes besides the gradient."""
+    from thermoai import tree as T
+    from thermoai.bayes import log_prob
+    from thermoai.bayes.sgmcmc import _common as C
+
+    theta = [p.clone() for p in T.leaves(params)]
+    _, grad, _ = log_prob.value_and_grad(log_posterior, params, batch)
+    g = T.leaves(grad)
+
+    def bare() -> None:
+        with torch.no_grad():
+            torch.func.grad_and_value(log_posterior, has_aux=True)(params, batch)
+
+    def arithmetic() -> None:
+        C.axpy(theta, 1e-12, g, True)  # theta += eps g (the noise's add is the same kernel once more)
+
+    return {
+        "torch.func.grad_and_value alone": bare,
+        "thermoai's log_prob.value_and_grad (validated: pair, scalar, finite value and gradient)":
+            lambda: log_prob.value_and_grad(log_posterior, params, batch),
+        "the finiteness check of value and gradient alone (tree_all_finite)": lambda: T.tree_all_finite(g),
+        "one fused axpy over the tree (torch._foreach_add_)": arithmetic,
+    }
+
+
+# ------------------------------------------------------------------------------------------ the noise
+# Candidate ways to draw one standard normal per parameter, timed side by side (the floor of an SGMCMC
+# update on a CPU). All but posteriors' and thermoai's own are measured only, not used.
+
+
+def noise_candidates(leaves: list[torch.Tensor]) -> dict[str, Callable[[], Any]]:
+    n = sum(p.numel() for p in leaves)
+    half = (n + 1) // 2
+    words = torch.empty(half, dtype=torch.int64)
+    out = torch.empty(2 * half)
+    radius, angle = torch.empty(half), torch.empty(half)
+    k24 = torch.empty(half, dtype=torch.int32)
+    np_out = np.empty(n, dtype=np.float32)
+
+    def box_muller(w: torch.Tensor) -> None:
+        # two 24-bit uniforms per 64-bit word: r = sqrt(-2 log u1) (u1 in (0, 1]), t = 2 pi u2; z = r cos t, r sin t
+        w32 = w.view(torch.int32).view(half, 2)
+        torch.bitwise_and(w32[:, 0], 0xFFFFFF, out=k24)
+        torch.add(k24, 1, out=radius)
+        radius.mul_(2.0**-24).log_().mul_(-2.0).sqrt_()
+        torch.bitwise_and(w32[:, 1], 0xFFFFFF, out=k24)
+        torch.mul(k24, 2.0 * math.pi * 2.0**-24, out=angle)
+        torch.cos(angle, out=out[:half]).mul_(radius)
+        torch.sin(angle, out=out[half:]).mul_(radius)
+
+    def torch_bits_box_muller() -> None:
+        words.random_()
+        box_muller(words)
+
+    def sfc64_bits() -> np.ndarray:
+        return np.random.SFC64(int(torch.randint(0, 2**62, ()))).random_raw(half)
+
+    def sfc64_box_muller() -> None:
+        box_muller(torch.from_numpy(sfc64_bits().view(np.int64)))
+
+    def sfc64_ziggurat() -> None:
+        np.random.Generator(np.random.SFC64(int(torch.randint(0, 2**62, ())))).standard_normal(
+            out=np_out, dtype=np.float32
+        )
+
+    return {
+        "posteriors: torch.randn_like leaf by leaf": lambda: [torch.randn_like(p) for p in leaves],
+        "thermoai: one scaled normal_ into a reused buffer": lambda: scratch_normal(leaves, 0.01, None),
+        "torch's Mersenne Twister bits alone (random_, n/2 int64 words)": lambda: words.random_(),
+        "Box-Muller in torch ops on those bits (one call)": torch_bits_box_muller,
+        "numpy SFC64 bits alone (n/2 64-bit words)": sfc64_bits,
+        "Box-Muller in torch ops on SFC64 bits": sfc64_box_muller,
+        "numpy SFC64 ziggurat (float32)": sfc64_ziggurat,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.randint(0, SIZES[-1], (128,), generator=generator).to(device),
     )
     torch.manual_seed(0)
+    load_start = os.getloadavg()[0]
 
     def grad_only() -> None:
         with torch.no_grad():
@@ -230,27 +329,30 @@ def main(argv: list[str] | None = None) -> int:
             # a Laplace step is a per-sample-gradient pass (seconds): fewer steps per block, same repeats
             n_steps = max(1, args.steps // 10) if method.startswith("Laplace") else args.steps
             warmup = min(args.warmup, 1) if method.startswith("Laplace") else args.warmup
-            t = measure(steps, n_steps, args.repeats, warmup, args.clock)
+            blocks = measure_blocks(steps, n_steps, args.repeats, warmup, args.clock)
+            t = {k: statistics.median(v) for k, v in blocks.items()}
+            step_ratios = [a / b for a, b in zip(blocks["thermoai"], blocks["posteriors"])]
+            update_ratios = [
+                (a - g) / (b - g) for a, b, g in zip(blocks["thermoai"], blocks["posteriors"], blocks["grad"]) if b - g > 0
+            ]
             row = {
                 "method": method, "target": target, "inplace": inplace, "thermoai": t["thermoai"], "posteriors": t["posteriors"],
-                "grad": t["grad"],
+                "grad": t["grad"], "step_ratios": step_ratios, "update_ratios": update_ratios,
             }
             rows.append(row)
             print(_format_row(row), flush=True)
 
     # the Gaussian noise an SGMCMC step draws (one normal per parameter), timed alone: posteriors draws
-    # randn_like leaf by leaf into fresh tensors; thermoai one scaled normal_ into a reused buffer
+    # randn_like leaf by leaf into fresh tensors; thermoai one scaled normal_ into a reused buffer; and the
+    # candidate faster generators
     leaves = list(params.values())
-
-    def noise_per_leaf() -> None:
-        [torch.randn_like(p) for p in leaves]
-
-    def noise_scratch() -> None:
-        scratch_normal(leaves, 0.01, None)
-
-    noises = measure({"per_leaf": noise_per_leaf, "scratch": noise_scratch}, args.steps, args.repeats, args.warmup, args.clock)
-    noise = noises["per_leaf"]
-    print(f"noise alone: randn_like over the tree {noise * 1e3:.2f} ms, one scratch draw {noises['scratch'] * 1e3:.2f} ms")
+    noises = measure(noise_candidates(leaves), args.steps, args.repeats, args.warmup, args.clock)
+    for name, sec in noises.items():
+        print(f"noise: {name:<66} {sec * 1e3:6.2f} ms")
+    parts = measure(update_parts(params, batch), args.steps, args.repeats, args.warmup, args.clock)
+    for name, sec in parts.items():
+        print(f"SGLD part: {name:<62} {sec * 1e3:6.2f} ms")
+    load_end = os.getloadavg()[0]
     header = _table(rows)
     command = "$ " + " ".join([".venv-bench/bin/python", "benchmarks/bayes_vs_posteriors.py", *(argv or sys.argv[1:])])
     env = (
@@ -261,13 +363,14 @@ def main(argv: list[str] | None = None) -> int:
         f"model {n_params:,} parameters; {args.repeats} interleaved blocks of {args.steps} steps "
         f"(Laplace: {max(1, args.steps // 10)}) after {args.warmup} warm-up steps, median of "
         f"{'the main thread CPU time' if args.clock == 'cpu' else 'wall-clock time'} per step; "
-        f"load average at the end {os.getloadavg()[0]:.1f} (other processes share the cores)."
+        f"load average (1 min) {load_start:.1f} at the start, {load_end:.1f} at the end (other processes "
+        f"share the {os.cpu_count()} cores)."
     )
     print()
     print(header)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(_report(command, env, header, rows, noise, noises["scratch"]))
+    out.write_text(_report(command, env, header, rows, noises, parts))
     print(f"\nwritten to {out}")
     return 0
 
@@ -288,44 +391,85 @@ def _format_row(row: dict[str, Any]) -> str:
 
 def _table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| method | target | inplace | thermoai ms/step | posteriors ms/step | ratio thermoai/posteriors | "
-        "gradient ms | update-only ratio (step - gradient) |",
+        "| method | target | inplace | thermoai ms/step | posteriors ms/step | ratio thermoai/posteriors, median [min, max] | "
+        "gradient ms | update-only ratio (step - gradient), median [min, max] |",
         "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        tai_u, post_u = r["thermoai"] - r["grad"], r["posteriors"] - r["grad"]
         sgmcmc = r["method"] in ("SGLD", "SGHMC")
-        update_ratio = f"{tai_u / post_u:.2f}" if sgmcmc and post_u > 0.05 * r["grad"] and tai_u > 0 else "n/a"
+        update = "n/a"
+        if sgmcmc and r["update_ratios"] and r["posteriors"] - r["grad"] > 0.05 * r["grad"]:
+            update = "{:.2f} [{:.2f}, {:.2f}]".format(*spread(r["update_ratios"]))
         lines.append(
             f"| {r['method']} | {r['target']} | {r['inplace']} | {r['thermoai'] * 1e3:.2f} | {r['posteriors'] * 1e3:.2f} | "
-            f"{r['thermoai'] / r['posteriors']:.2f} | {r['grad'] * 1e3:.2f} | {update_ratio} |"
+            + "{:.2f} [{:.2f}, {:.2f}]".format(*spread(r["step_ratios"]))
+            + f" | {r['grad'] * 1e3:.2f} | {update} |"
         )
     return "\n".join(lines)
 
 
-def _targets(rows: list[dict[str, Any]], noise: float, scratch: float) -> str:
+def _noise_table(noises: dict[str, float]) -> str:
+    base = noises["thermoai: one scaled normal_ into a reused buffer"]
+    lines = ["| noise for all parameters, one step | ms | / thermoai's draw |", "|---|---:|---:|"]
+    lines += [f"| {name} | {sec * 1e3:.2f} | {sec / base:.2f} |" for name, sec in noises.items()]
+    return "\n".join(lines)
+
+
+def _targets(rows: list[dict[str, Any]], noises: dict[str, float]) -> str:
     """The targets, judged on this run's numbers."""
+    scratch = noises["thermoai: one scaled normal_ into a reused buffer"]
     slower = [f"{r['method']} ({r['target']}, inplace={r['inplace']})" for r in rows if r["thermoai"] > r["posteriors"]]
     sgmcmc = [r for r in rows if r["method"] in ("SGLD", "SGHMC")]
     if not sgmcmc:
         return "- (no SGMCMC rows in this run)"
-    update = [(r["thermoai"] - r["grad"]) / (r["posteriors"] - r["grad"]) for r in sgmcmc]
+    update = [statistics.median(r["update_ratios"]) for r in sgmcmc if r["update_ratios"]]
     step = [r["thermoai"] / r["posteriors"] for r in sgmcmc]
     worst = max(update)
-    post_sgld = [r["posteriors"] - r["grad"] for r in sgmcmc if r["method"] == "SGLD"] or [float("nan")]
+    floors = [
+        f"{r['method']} {r['target']} inplace={r['inplace']}: {scratch / (r['posteriors'] - r['grad']):.2f}"
+        for r in sgmcmc if r["posteriors"] > r["grad"]
+    ]
+    normals = {k: v for k, v in noises.items() if "alone" not in k}  # the bits alone are not normals yet
+    fastest = min(normals, key=normals.get)
+    others = "; ".join(f"{k}: {v / scratch:.2f}×" for k, v in normals.items() if not k.startswith(("thermoai", "posteriors")))
     return "\n".join([
         f"- No method slower than posteriors: **{'met' if not slower else 'missed'}**"
         + (f" (slower: {', '.join(slower)})" if slower else f" (worst step ratio {max(r['thermoai'] / r['posteriors'] for r in rows):.2f})."),
         f"- SGMCMC update (step − gradient) at most 0.6× posteriors' (issue 14): **{'met' if worst <= 0.6 else 'missed'}**"
-        f" (update-only ratios {min(update):.2f} to {worst:.2f}; whole-step ratios {min(step):.2f} to {max(step):.2f}).",
-        f"- The noise alone: posteriors' draw (`torch.randn_like` leaf by leaf) takes {noise * 1e3:.2f} ms per step, "
-        f"thermoai's (one scaled `normal_` over the tree into a reused buffer) {scratch * 1e3:.2f} ms, against "
-        f"{min(post_sgld) * 1e3:.2f} ms for posteriors' whole SGLD update: even with free arithmetic, thermoai's SGLD "
-        f"update ratio could not go below {scratch / min(post_sgld):.2f} with torch's CPU generator.",
+        f" (median update-only ratios {min(update):.2f} to {worst:.2f}; whole-step ratios {min(step):.2f} to {max(step):.2f}).",
+        f"- The floor: thermoai's noise draw alone takes {scratch * 1e3:.2f} ms; divided by posteriors' whole update "
+        f"(its step − gradient) that is the update-only ratio thermoai would reach with free arithmetic: "
+        + "; ".join(floors) + ".",
+        f"- The fastest exact normals measured here: {fastest} ({normals[fastest] * 1e3:.2f} ms); the candidate "
+        f"generators against thermoai's draw: {others}.",
     ])
 
 
-def _report(command: str, env: str, table: str, rows: list[dict[str, Any]], noise: float, scratch: float) -> str:
+def _parts_text(parts: dict[str, float], noises: dict[str, float], rows: list[dict[str, Any]]) -> str:
+    scratch = noises["thermoai: one scaled normal_ into a reused buffer"]
+    axpy = parts["one fused axpy over the tree (torch._foreach_add_)"]
+    check = parts["the finiteness check of value and gradient alone (tree_all_finite)"]
+    lines = ["| part of thermoai's SGLD step (MLP) | ms |", "|---|---:|"]
+    lines += [f"| {k} | {v * 1e3:.2f} |" for k, v in parts.items()]
+    lines += [f"| the noise (thermoai's draw, above) | {scratch * 1e3:.2f} |"]
+    least = scratch + 2 * axpy + check
+    sgld = [r for r in rows if r["method"] == "SGLD" and r["target"] == "MLP" and r["posteriors"] > r["grad"]]
+    verdict = ""
+    if sgld:
+        post = min(r["posteriors"] - r["grad"] for r in sgld)
+        verdict = (
+            f" Against posteriors' fastest SGLD update in this run ({post * 1e3:.2f} ms) that is an update-only "
+            f"ratio of {least / post:.2f}, and {(scratch + 2 * axpy) / post:.2f} without the finiteness check."
+        )
+    return "\n".join(lines) + (
+        f"\n\nthermoai's least SGLD update is the noise, two fused axpys and the check: "
+        f"{scratch * 1e3:.2f} + 2 x {axpy * 1e3:.2f} + {check * 1e3:.2f} = {least * 1e3:.2f} ms." + verdict
+    )
+
+
+def _report(
+    command: str, env: str, table: str, rows: list[dict[str, Any]], noises: dict[str, float], parts: dict[str, float]
+) -> str:
     return f"""# thermoai.bayes vs posteriors 0.1.3: time per update step
 
 Produced by
@@ -338,34 +482,43 @@ Produced by
 
 {table}
 
-A ratio below 1 means thermoai is faster. Target "MLP": the classifier above with a batch of 128;
-target "Gaussian": a standard normal over the same parameter tree (gradient about one pass over the
-parameters), where a step is almost only the library's update arithmetic and noise generation.
-"gradient ms" is `torch.func.grad_and_value` of the same log density alone (both libraries call it once per step; for Laplace and VI the work differs: per-sample
-gradients, and the gradient through the reparameterised sample). For SGMCMC, where a step is exactly one
-such gradient plus the update arithmetic, the update-only ratio divides what is left of each step after the
+A ratio below 1 means thermoai is faster. Ratios are per round (the blocks of thermoai, posteriors and
+the gradient that ran one after the other), median and range over the rounds. Target "MLP": the
+classifier above with a batch of 128; target "Gaussian": a standard normal over the same parameter tree
+(gradient about one pass over the parameters), where a step is almost only the library's update
+arithmetic and noise generation. "gradient ms" is `torch.func.grad_and_value` of the same log density
+alone (both libraries call it once per step; for Laplace and VI the work differs: per-sample gradients,
+and the gradient through the reparameterised sample). For SGMCMC, where a step is exactly one such
+gradient plus the update arithmetic, the update-only ratio divides what is left of each step after the
 gradient: the part a library's own code decides.
 
 ## Targets
 
-{_targets(rows, noise, scratch)}
+{_targets(rows, noises)}
 
-## Why the SGMCMC update does not reach 0.6× on a CPU
+## The noise draw, and why the SGMCMC update does not reach 0.6× on a CPU
+
+{_noise_table(noises)}
+
+{_parts_text(parts, noises, rows)}
 
 An SGMCMC update is a few element-wise passes over the parameters plus one standard-normal draw per
-parameter. thermoai does the passes with `torch._foreach_*`, the scalar folded into each axpy (SGLD: two
-passes, SGHMC: four, plus one cheap sum per leaf to check finiteness), where posteriors' `tree_map` of
-Python expressions makes four and eight passes, each allocating a temporary; the noise is one `normal_`
-over the whole tree, already scaled, into a buffer reused between steps (no allocation, no page faults).
-The draw itself does not shrink: torch's CPU `normal_` is bound by its Mersenne-Twister stream (raw
-32-bit words cost about as much as the normals; Box-Muller is vectorised). The alternatives measured
-while this was written, on 0.93 M float32 numbers, one thread: numpy's `standard_normal` (ziggurat) with
-PCG64, SFC64, Philox or MT19937 took 2-3× torch's time; raw SFC64 bits are 3.5× cheaper than torch's, but
-turning them into normals with torch ops (Box-Muller: log, sqrt, sin, cos; or a table ziggurat: masks,
-gathers, compares) took 7-9 ms against torch's 3.7 ms. No exact generator faster than torch's is
-reachable from Python without compiling a kernel, so the update ratio stays bounded below by (noise
-time) / (posteriors' update time); on a real model the step ratio is closer still to 1, since the
-gradient dominates. On a GPU torch's generator is Philox (counter-based, parallel) and the bound goes.
+parameter. thermoai does the passes with `torch._foreach_*`, the scalar folded into each axpy, in place
+when asked (SGLD: two passes, SGHMC: four, plus one cheap sum per leaf to check finiteness), where
+posteriors' `tree_map` of Python expressions makes four and eight passes, each allocating a temporary;
+the noise is one `normal_` over the whole flattened tree, already scaled, into a buffer reused between
+steps (no allocation, no page faults). What is left is the draw itself, and the table shows it does not
+shrink with what torch and numpy offer: torch's CPU `normal_` is its Mersenne Twister (one 32-bit word
+per normal, drawn in a scalar loop) followed by a vectorised Box-Muller; the raw words alone cost about
+half of the normals. Box-Muller written as torch ops on bits drawn in one call costs more than torch's
+own normals even before the bits (every op is a pass over memory: log, sqrt, cos, sin and the bit
+masks); SFC64 bits from numpy are about half the price of torch's words, but Box-Muller on them is
+still slower than `normal_`, and numpy's ziggurat (a scalar loop with branches) is slower again. An exact
+generator faster than torch's needs a compiled, fused kernel (bits and transform in registers), which
+thermoai does not ship; so on a CPU the update-only ratio stays bounded below by (thermoai's noise time) /
+(posteriors' update time), the floor in the targets above, which is above 0.6 for SGLD. On a real model the
+step ratio is closer still to 1, since the gradient dominates. On a GPU torch's generator is Philox
+(counter-based, parallel, fused into the normal kernel) and the bound goes.
 """
 
 
