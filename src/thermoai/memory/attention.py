@@ -47,6 +47,7 @@ from dataclasses import dataclass
 
 import torch
 
+from thermoai.memory import gemma
 from thermoai.memory.bank import MemoryBank
 from thermoai.memory.model import MIND_ATTRIBUTE, attention_shape, decoder_layers, suspended
 
@@ -142,21 +143,26 @@ class ExtendedMind:
             (default 0, the reference). The joint softmax then holds up to ``k (n + 1)`` memories per
             query (duplicates once), each with its own dot-product logit: a query that matches a
             fact's subject also reads the words after it, where the answer is.
+        local_layers: what sliding-window layers (Gemma 3) retrieve: ``"window"`` (default: memories
+            outside the layer's window are dropped), ``"global"`` (only full-attention layers retrieve)
+            or ``"all"``; see ``thermoai.memory.gemma``. No effect on models without sliding layers.
     """
 
     SKIP_MEMORIES = ("none", "first", "sinks")
 
     def __init__(self, model, bank: MemoryBank, topk: int = 10, layers=None, position_mode: str = "first",
                  distance: int | None = None, threshold: float | None = None, record: bool = False,
-                 index: str = "exact", skip_memories: str = "none", neighbours: int = 0):
+                 index: str = "exact", skip_memories: str = "none", neighbours: int = 0,
+                 local_layers: str = gemma.DEFAULT_LOCAL_LAYERS):
         if not isinstance(bank, MemoryBank):
             raise TypeError(f"bank: expected a MemoryBank, got {type(bank).__name__}")
         base, decoder = decoder_layers(model)
         rotary = getattr(base, "rotary_emb", None)
         n_layers, n_heads, n_kv, head_dim = attention_shape(model)
-        if rotary is None or not hasattr(rotary, "inv_freq") or 2 * rotary.inv_freq.numel() != head_dim:
+        if rotary is None or 2 * gemma.layer_rope(rotary, model.config, 0)[0].numel() != head_dim:
             raise TypeError("model: Extended Mind needs a Llama-family model with full-dimension RoPE "
                             "(model.model.rotary_emb); ALiBi and partial-rotary models are not supported")
+        gemma.check_supported(model)
         bank.check_model(model)
         mode = canonical_position_mode(position_mode)
         if index not in ("exact", "faiss"):
@@ -170,6 +176,8 @@ class ExtendedMind:
             bad = [i for i in layers if not 0 <= i < n_layers]
             if bad:
                 raise ValueError(f"layers: expected indices in [0, {n_layers}), got {bad}")
+        layers = gemma.select_layers(model.config, layers, local_layers)
+        self.local_layers = local_layers
         self.model = model
         self.bank = bank
         self.topk = topk
@@ -187,7 +195,6 @@ class ExtendedMind:
         self.n_heads, self.n_kv = n_heads, n_kv
         self.steps: list[list[tuple[int, torch.Tensor, torch.Tensor]]] = []
         self._rotary = rotary  # inv_freq is read at each call: dynamic RoPE variants replace it
-        self._scale = float(getattr(rotary, "attention_scaling", 1.0) or 1.0)
         self._attached = False
 
         param = next(model.parameters())
@@ -208,6 +215,8 @@ class ExtendedMind:
                 raise ValueError(f"skip_memories: {skip_memories!r} leaves no memory in this bank")
             kept = mask.nonzero().flatten()
             key_positions = key_positions[kept.to(device)]
+        self._memory_positions = key_positions  # [M'] placed positions, for the sliding layers' window
+        self._windows = {i: gemma.layer_window(model.config, i) for i in self.layers} if local_layers == "window" else {}
         self._layers: dict[int, _Layer] = {}
         for index_l in self.layers:
             keys, values = bank.layer(index_l, device=device)  # float32, dequantised if the bank is int8
@@ -216,8 +225,9 @@ class ExtendedMind:
             if not (torch.isfinite(keys).all() and torch.isfinite(values).all()):
                 raise ValueError(f"bank: layer {index_l} holds NaN or Inf keys or values; rebuild the bank "
                                  "(a model that produces non-finite activations cannot serve as memory)")
-            if mode == "original" or self._scale != 1.0:
-                keys = rotate(keys, key_positions, rotary.inv_freq, self._scale)
+            inv_freq, scale = gemma.layer_rope(rotary, model.config, index_l)
+            if mode == "original" or scale != 1.0:
+                keys = rotate(keys, key_positions, inv_freq, scale)
             norms = keys.norm(dim=-1)
             # unit keys turn the cosine ranking into one matmul: q . k/|k| = cos * |q|, and the
             # logit is recovered for the k selected as (q . k/|k|) * |k|
@@ -401,7 +411,7 @@ class ExtendedMind:
         if self.position_mode in ("constant", "none"):
             target = self.distance if self.position_mode == "constant" else 0
             shift = target - self._query_positions(kwargs, b, s, kv, query.device)  # [b, s]
-            q_mem = rotate(q, shift[:, None, None, :], self._rotary.inv_freq)
+            q_mem = rotate(q, shift[:, None, None, :], gemma.layer_rope(self._rotary, self.model.config, module.layer_idx)[0])
         else:
             q_mem = q
         dots, sims, idx, flat = self._retrieve(layer, q_mem, k)  # [b, n_kv, G, s, k]
@@ -414,6 +424,11 @@ class ExtendedMind:
             mem_logits = mem_logits.masked_fill(sims <= self.threshold, float("-inf"))
         if duplicate is not None:
             mem_logits = mem_logits.masked_fill(duplicate, float("-inf"))
+        window = self._windows.get(module.layer_idx)
+        if window is not None:
+            mem_logits = gemma.mask_outside_window(mem_logits, idx, self._memory_positions,
+                                                   self._query_positions(kwargs, b, s, kv, query.device), window,
+                                                   self.position_mode, self.distance)
 
         mem_values = layer.values.view(-1, d).index_select(0, flat.reshape(-1)).view(b, n_kv, g * s, k, d)
         want_weights = bool(kwargs.get("output_attentions"))

