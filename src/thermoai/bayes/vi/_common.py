@@ -83,8 +83,9 @@ def nelbo_step(
     log_posterior: LogProbFn, optimizer: adam_mod.Optimizer, temperature: Schedule, n_samples: int, stl: bool,
     inplace: bool, generator: torch.Generator | None,
 ) -> tuple[Any, Any]:
-    """One optimiser step on the NELBO for both VI states (fields ``params``, the covariance parameter
-    ``second``, ``opt_state``, ``nelbo``, ``step`` in that order); returns ``(state, aux)``.
+    """One optimiser step on the NELBO for a VI state whose covariance parameter ``second`` is optimised as
+    stored (fields ``params``, ``second``, ``opt_state``, ``nelbo``, ``step`` in that order; ``vi.diag``'s
+    log-sds; ``vi.dense`` maps its factor to an unconstrained one and has its own step); returns ``(state, aux)``.
 
     ``nelbo_and_grad(mean, second, batch, log_posterior, T, n_samples, stl, generator)`` is the family's
     estimate. In place, the optimiser writes ``params``/``second``/``opt_state`` into ``state``'s tensors;
