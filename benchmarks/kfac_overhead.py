@@ -12,7 +12,9 @@ Part 1, overhead (thermoai only): time per step of
 
 each in front of SGD with momentum (K-FAC), on the same model, batches and thread. Blocks of 10 steps (one
 inversion each), the configurations alternating block by block; the figure is the median over blocks of the
-mean time per step. Target of the issue: K-FAC at most 1.5x Adam.
+mean time per step. Target of the issue: K-FAC at most 1.5x Adam. Next to it, where a K-FAC step's time goes
+(factors and inverses every 10 steps): the parts ``KFAC.step`` reports, on the wall clock, beside Adam's step;
+``--profile`` prints a cProfile of ten such steps at width 1024, batch 1024 instead.
 
 Part 2, against kfac-jax (benchmark environment only, CPU jax): the same problem from the same initial weights
 and batches, ``--train-steps`` steps of each library's K-FAC with fixed hyper-parameters as close as the two
@@ -129,6 +131,56 @@ def measure(steppers: dict[str, Callable[[], float]], block: int, repeats: int, 
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def step_breakdown(width: int, pool: list, config: str, steps: int) -> dict[str, float]:
+    """Wall-clock seconds per step of each part of a K-FAC step (``config`` as in :func:`torch_stepper`), mean
+    over ``steps`` steps after two warm-up steps: the forward/backward pass less the hooks' factor work,
+    and the untimed rest of ``KFAC.step``; ``factors`` (hooks and running averages), ``inverse`` (the solver's prepare), ``precondition`` (applying
+    the inverses, KL clipping, checks, writing ``.grad``) and the optimizer's step; from :class:`StepReport`."""
+    model = make_mlp(width)
+    opt = torch.optim.SGD(model.parameters(), lr=LR_KFAC, momentum=MOMENTUM)
+    kfac = KFAC(model, damping=DAMPING, kl_clip=KL_CLIP, factor_update_interval=1 if config == "kfac" else 10,
+                inverse_update_interval=10, solver="cholesky" if config == "kfac10c" else "eigh")
+    parts = {"forward_backward": 0.0, "factors": 0.0, "inverse": 0.0, "precondition": 0.0, "optimizer": 0.0}
+    for i in range(steps + 2):
+        x, y = pool[i % POOL]
+        opt.zero_grad(set_to_none=True)
+        t0 = time.perf_counter()
+        F.cross_entropy(model(x), y).backward()
+        report = kfac.step()
+        t2 = time.perf_counter()
+        opt.step()
+        t3 = time.perf_counter()
+        if i < 2:
+            continue
+        # the hooks' outer products run inside the backward pass: counted as factor work, not forward/backward
+        parts["forward_backward"] += (t3 - t0) - sum(report.digital_time_s.values()) - (t3 - t2)
+        for k in ("factors", "inverse", "precondition"):
+            parts[k] += report.digital_time_s[k]
+        parts["optimizer"] += t3 - t2
+    return {k: v / steps for k, v in parts.items()}
+
+
+def profile_step(width: int, batch: int, top: int = 25) -> str:
+    """cProfile of 10 steps of K-FAC with factor and inverse intervals 10 (one factor update and one inversion),
+    sorted by own time: the text of pstats."""
+    import cProfile
+    import io
+    import pstats
+
+    pool = make_problem(batch)
+    step = torch_stepper(width, pool, "kfac10")
+    for _ in range(2):
+        step()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(10):
+        step()
+    prof.disable()
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(top)
+    return buf.getvalue()
+
+
 def pool_loss(model: nn.Module, pool: list) -> float:
     with torch.no_grad():
         return float(sum(F.cross_entropy(model(x), y) for x, y in pool) / len(pool))
@@ -212,6 +264,17 @@ def torch_train(width: int, pool: list, steps: int, config: str, kind: str) -> d
 # -------------------------------------------------------------------------------------------------- main
 
 
+def _adam_wall(width: int, pool: list, steps: int) -> float:
+    """Wall-clock seconds per Adam step, measured right after the breakdown (the same clock as its parts)."""
+    step = torch_stepper(width, pool, "adam")
+    for _ in range(2):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - t0) / steps
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--widths", default="512,1024")
@@ -222,9 +285,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-steps", type=int, default=50, help="steps of the kfac-jax comparison")
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     parser.add_argument("--skip-jax", action="store_true", help="only part 1")
+    parser.add_argument("--breakdown-steps", type=int, default=20,
+                        help="steps of the per-part breakdown of K-FAC (factors and inverses every 10); 0: skip")
+    parser.add_argument("--profile", action="store_true",
+                        help="only print a cProfile of 10 K-FAC steps (intervals 10) at width 1024, batch 1024")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "kfac_overhead.md"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.profile:
+        print(profile_step(1024, 1024))
+        return 0
     widths = [int(w) for w in args.widths.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
     command = "$ .venv-bench/bin/python benchmarks/kfac_overhead.py" + (" " + " ".join(argv if argv is not None
@@ -235,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
         steppers = {c: torch_stepper(n, pool, c) for c in ("adam", "kfac", "kfac10", "kfac10c")}
         t = measure(steppers, args.block, args.repeats, args.warmup, args.clock)
         row = {"width": n, "batch": batch, **t}
+        if args.breakdown_steps:
+            row["parts"] = step_breakdown(n, pool, "kfac10", args.breakdown_steps)
+            row["parts_adam"] = _adam_wall(n, pool, args.breakdown_steps)
         overhead.append(row)
         print(f"n={n}, batch {batch}: Adam {t['adam'] * 1e3:.1f} ms, K-FAC {t['kfac'] * 1e3:.1f} ms ({t['kfac'] / t['adam']:.2f}x), "
               f"K-FAC factors/10 {t['kfac10'] * 1e3:.1f} ms ({t['kfac10'] / t['adam']:.2f}x), the same with Cholesky "
@@ -282,6 +355,22 @@ def _markdown(args: argparse.Namespace, command: str, overhead: list[dict], peer
                      f"(worst {worst1:.2f}); factors every 10 steps **{'met' if worst10 <= 1.5 else 'missed'}** "
                      f"(worst {worst10:.2f}); with Cholesky **{'met' if worst10c <= 1.5 else 'missed'}** "
                      f"(worst {worst10c:.2f}).")
+    if any("parts" in r for r in overhead):
+        lines += ["", "### Where a K-FAC step's time goes (factors and inverses every 10 steps, eigh)", "",
+                  "Wall-clock ms per step, mean over the breakdown's steps (from `KFAC.step`'s report), next to "
+                  "Adam's step on the same clock; the last column is the step as predicted from its parts: Adam's "
+                  "step plus the parts K-FAC adds.", "",
+                  "| width n | batch | Adam | forward+backward | factor statistics (1 step in 10) | inversion "
+                  "(1 step in 10) | preconditioning (every step) | optimizer | (Adam + factors + inversion + "
+                  "preconditioning) / Adam |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in overhead:
+            if "parts" not in r:
+                continue
+            p, a = r["parts"], r["parts_adam"]
+            extra = p["factors"] + p["inverse"] + p["precondition"]
+            lines.append(f"| {r['width']} | {r['batch']} | {a * 1e3:.1f} | {p['forward_backward'] * 1e3:.1f} | "
+                         f"{p['factors'] * 1e3:.1f} | {p['inverse'] * 1e3:.1f} | {p['precondition'] * 1e3:.1f} | "
+                         f"{p['optimizer'] * 1e3:.1f} | {(a + extra) / a:.2f} |")
     lines += ["", "Why the ratio depends on the batch: per square layer and step Adam's work is the forward and "
               "backward pass, 6 b n^2 flops; K-FAC adds two Gram matrices per factor update (about 4 b n^2), the "
               "two preconditioning matmuls every step (4 n^3) and two eigendecompositions per inversion (LAPACK's "

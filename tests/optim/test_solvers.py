@@ -207,3 +207,21 @@ def test_argument_checks_name_the_argument():
         Thermodynamic(device="chip")
     with pytest.raises(ValueError, match="eigh"):
         Thermodynamic().prepare("l", A3, G2, Damping(0, 0, 0.1))
+
+
+@pytest.mark.parametrize("shape", [(520, 513), (513, 600), (512, 512), (600, 9)])
+def test_padded_preconditioning_equals_the_plain_products(shape):
+    """The zero-padded matmuls of large layers (odd sizes from the bias column) give G^-1 M A^-1 up to the
+    summation order, for square, tall and wide layers, and leave small or already aligned ones alone."""
+    from thermoai.optim.solvers import _sandwich
+
+    g = torch.Generator().manual_seed(0)
+    d_out, d_in = shape
+    G = torch.randn(d_out, d_out, generator=g, dtype=torch.float64)
+    A = torch.randn(d_in, d_in, generator=g, dtype=torch.float64)
+    M = torch.randn(d_out, d_in, generator=g, dtype=torch.float64)
+    U = _sandwich(G, M, A)
+    assert U.shape == shape
+    torch.testing.assert_close(U, (G @ M) @ A, rtol=1e-12, atol=1e-10)
+    a_diag = torch.rand(d_in, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(_sandwich(G, M, a_diag), (G @ M) * a_diag, rtol=0, atol=0)

@@ -158,6 +158,34 @@ def _right(Y: Tensor, inv_a: Tensor) -> Tensor:
     return Y * inv_a if inv_a.dim() == 1 else Y @ inv_a
 
 
+_PAD_FROM, _PAD_TO = 512, 16
+
+
+def _pad(d: int) -> int:
+    return d if d % _PAD_TO == 0 else d + _PAD_TO - d % _PAD_TO
+
+
+def _sandwich(inv_g: Tensor, M: Tensor, inv_a: Tensor) -> Tensor:
+    """``U = G~^-1 M A~^-1`` (d_out, d_in). The bias column makes ``d_in`` odd (1025 for a 1024-wide layer),
+    and the BLAS matmul kernels of an odd size run about 1.4x slower than those of a multiple of 16 on one CPU
+    thread; from ``_PAD_FROM`` on, both products run on zero-padded copies, (G~^-1 (M 0)) (A~^-1 0; 0 0) =
+    (U 0), exact up to the summation order. Smaller layers, and a diagonal ``A~^-1``, are left unpadded."""
+    d_out, d_in = M.shape
+    if inv_a.dim() == 1 or min(d_out, d_in) < _PAD_FROM or (_pad(d_out), _pad(d_in)) == (d_out, d_in):
+        return _right(inv_g @ M, inv_a)
+    q, p = _pad(d_out), _pad(d_in)
+    Mp = M.new_zeros(q, p)
+    Mp[:d_out, :d_in] = M
+    Ap = inv_a.new_zeros(p, p)
+    Ap[:d_in, :d_in] = inv_a
+    if q != d_out:
+        Gp = inv_g.new_zeros(q, q)
+        Gp[:d_out, :d_out] = inv_g
+    else:
+        Gp = inv_g
+    return ((Gp @ Mp) @ Ap)[:d_out, :d_in]
+
+
 class Solver:
     """A K-FAC solver backend (see the module docstring). ``prepare`` and ``apply`` return their result and
     a :class:`DeviceUsage` (None for digital backends)."""
@@ -206,7 +234,7 @@ class _DigitalInverse(Solver):
         return {"inv_a": inv_a.to(A.dtype), "inv_g": inv_g.to(G.dtype)}, None
 
     def apply(self, layer, state, M):
-        return _right(state["inv_g"] @ M, state["inv_a"]), None
+        return _sandwich(state["inv_g"], M, state["inv_a"]), None
 
 
 class Eigh(_DigitalInverse):
@@ -541,7 +569,7 @@ class Thermodynamic(Solver):
 
     def apply(self, layer, state, M):
         if self.method == 1:
-            return _right(state["inv_g"] @ M, state["inv_a"]), None
+            return _sandwich(state["inv_g"], M, state["inv_a"]), None
         usage = DeviceUsage()
         At, Gt = state["damped_a"], state["damped_g"]
         M64 = self._in(M.detach().to("cpu", torch.float64))
