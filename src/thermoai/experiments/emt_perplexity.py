@@ -389,6 +389,10 @@ def headline(result: dict) -> dict:
         v1 = "reproduced" if all(lower) else "partly" if any(lower) or all(below) else "not reproduced"
         r1 = (f"paired NLL difference memory − truncation over {cfg['n_documents']} documents, W = {w}, k = {cfg['topk']}: "
               + "; ".join(fmt(n, d) for n, d in diffs))
+        room = [(n, result["paired"][n].get("full - truncated")) for n, _ in diffs]
+        room = [(n, d) for n, d in room if d is not None]
+        if room:  # what the whole context itself gains: the most memories could recover
+            r1 += "; for scale, whole input − truncation: " + "; ".join(fmt(n, d) for n, d in room)
     full = [(n, result["paired"][n].get("extended_mind - full")) for n in longer]
     full = [(n, d) for n, d in full if d is not None]
     if not full:
