@@ -187,11 +187,16 @@ def test_smoke_run_writes_a_complete_report(tmp_path):
         assert 0.0 <= s["auroc_epistemic"][0] <= 1.0 and math.isfinite(s["perplexity"][0])
     # a single deterministic model has no epistemic part: AUROC of ties
     assert saved["methods"]["pretrained"]["auroc_epistemic"][0] == 0.5
-    assert [v["verdict"] in ("reproduced", "partly", "not reproduced") for v in result["verdicts"]] == [True] * 4
+    # four claims, and the forgetting claim once more at the check learning rate
+    assert [v["verdict"] in ("reproduced", "partly", "not reproduced") for v in result["verdicts"]] == [True] * 5
+    assert "lr 0.001" in result["verdicts"][-1]["claim"] and len(saved["continual_lr_check"]) == len(E.SMOKE.cl_seeds)
+    assert saved["continual_check_summary"]["paired"]["forgetting_plain_minus_laplace"][0] == pytest.approx(
+        result["continual_check_summary"]["paired"]["forgetting_plain_minus_laplace"][0])
     head = E.headline(saved)
     assert head["summary"]["columns"][0] == "method" and len(head["summary"]["rows"]) == len(E.METHODS) + 2
     text = (tmp_path / "llm_uncertainty.md").read_text()
     assert "--smoke" in text and "PSF License" in text and "BSD-2-Clause" in text
+    assert "### The same at Adam lr 0.001" in text
 
 
 def test_choose_threads_drops_to_one_on_a_busy_machine():

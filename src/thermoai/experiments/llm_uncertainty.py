@@ -44,7 +44,9 @@ episode the diagonal Fisher at the episode's MAP, times ``lambda``, is added to 
 the MAP becomes the prior mean: one quadratic penalty); joint training on all episodes at once (the
 offline reference). Reported: held-out loss of every episode after every epoch (curves), forgetting
 (loss of an earlier episode at the end minus right after it was learned) and plasticity (the loss drop
-on the current episode).
+on the current episode). All three arms run once more at a smaller Adam lr (``cl_lr_check``): at the
+main lr plain fine-tuning over-fits, and the check tells whether the prior's smaller forgetting is memory
+or restraint.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -104,6 +106,9 @@ class Config:
     cl_epochs: int = 3
     cl_batch_chunks: int = 2
     cl_lr: float = 1e-2
+    # all three arms again at this Adam lr (0: skip): is the Laplace prior's advantage memory, or does it
+    # restrain a plain fine-tuning that over-fits at cl_lr?
+    cl_lr_check: float = 1e-3
     cl_lambda: float = 100.0
     cl_first_prior_sd: float = 1e4
     lora_r: int = 8
@@ -611,8 +616,10 @@ def paired(per_seed: list[dict[str, Any]], a: tuple[str, str], b: tuple[str, str
     return m, se, len(per_seed)
 
 
-def verdicts(per_seed: list[dict[str, Any]], cl_per_seed: list[dict[str, Any]], names: list[str]) -> list[dict[str, str]]:
-    """The paper's findings, checked on paired per-seed differences (see :func:`verdict`)."""
+def verdicts(per_seed: list[dict[str, Any]], cl_per_seed: list[dict[str, Any]], names: list[str],
+             cl_check: list[dict[str, Any]] | None = None, check_lr: float = 0.0) -> list[dict[str, str]]:
+    """The paper's findings, checked on paired per-seed differences (see :func:`verdict`); with
+    ``cl_check`` (the continual-learning runs at Adam lr ``check_lr``) the forgetting claim once more there."""
     out = []
 
     def add(claim: str, diff: float, se: float, n: int) -> None:
@@ -640,6 +647,10 @@ def verdicts(per_seed: list[dict[str, Any]], cl_per_seed: list[dict[str, Any]], 
     m, se = mean_se([mean_plasticity(r, "plain") - mean_plasticity(r, "laplace") for r in cl_per_seed])
     add("Continual learning: the Laplace prior pays for it in plasticity, learning each new episode less than "
         "plain fine-tuning (plain minus Laplace mean loss drop on the current episode, nats per token)", m, se, len(cl_per_seed))
+    if cl_check:
+        m, se = mean_se([mean_forgetting(r, "plain") - mean_forgetting(r, "laplace") for r in cl_check])
+        add(f"Continual learning at Adam lr {check_lr:g}, where plain fine-tuning over-fits less: the Laplace prior "
+            "still forgets less than plain fine-tuning (plain minus Laplace mean forgetting, nats per token)", m, se, len(cl_check))
     return out
 
 
@@ -699,6 +710,17 @@ def cl_paired(f: dict, n_seeds: int) -> str:
         f"Laplace minus joint {_fmt(p['final_laplace_minus_joint'], 4)} (joint: the offline reference, the same number "
         "of passes over every episode's windows at once)."
     )
+
+
+def check_section(result: dict, cfg: Config, names: list[str]) -> str:
+    """The continual-learning tables once more at the check learning rate (empty when it was not run)."""
+    f = result.get("continual_check_summary")
+    if not f:
+        return ""
+    return (f"### The same at Adam lr {cfg.cl_lr_check:g}\n\nAll three arms again, the same seeds, orders and "
+            f"episodes, with Adam's lr {cfg.cl_lr_check:g} instead of {cfg.cl_lr:g}: does the Laplace prior remember, or "
+            f"does it restrain a plain fine-tuning that over-fits at the larger lr?\n\n{cl_table(f, names)}\n\n"
+            f"{cl_paired(f, len(cfg.cl_seeds))}")
 
 
 def _cell(token: str) -> str:
@@ -855,6 +877,8 @@ was learned (higher is better). Seeds {list(cfg.cl_seeds)}; mean ± s.e.
 
 {cl_paired(result['continual_summary'], len(cfg.cl_seeds))}
 
+{check_section(result, cfg, names)}
+
 ## The paper's findings, checked
 
 A difference counts as reproduced when it has the claimed sign and lies more than two standard errors
@@ -863,7 +887,7 @@ from zero over seeds; "partly" when the sign is right but the difference is with
 {verdict_lines}
 
 Time per phase of the first seed (s): {', '.join(f'{k} {v:.0f}' for k, v in result['per_seed'][0]['timings'].items())};
-continual learning per seed (s): {', '.join(f"{r.get('seconds', float('nan')):.0f}" for r in result['continual'])}.
+continual learning per seed (s): {', '.join(f"{r.get('seconds', float('nan')):.0f}" for r in result['continual'] + result.get('continual_lr_check', []))}.
 """
 
 
@@ -951,7 +975,7 @@ def _run(out_dir: Path, quick: bool, cfg: Config, smoke: bool) -> dict:
             "english": english,
             "translated": translated,
         }
-        jobs = len(cfg.seeds) * 5 + len(cfg.cl_seeds) * (2 * len(EPISODES) + 1)
+        jobs = len(cfg.seeds) * 5 + len(cfg.cl_seeds) * (2 * len(EPISODES) + 1) * (2 if cfg.cl_lr_check > 0 else 1)
         with tqdm(total=jobs, desc="llm uncertainty", unit="job") as bar:
             per_seed = [run_seed(sub, sets, cfg, seed, bar) for seed in cfg.seeds]
             n_params = sub.n_params()
@@ -964,6 +988,8 @@ def _run(out_dir: Path, quick: bool, cfg: Config, smoke: bool) -> dict:
                 te = TextSet(data.ids[cfg.cl_train_chunks :], data.mask[cfg.cl_train_chunks :], data.hidden[cfg.cl_train_chunks :])
                 episodes[name] = (tr, te)
             cl_per_seed = [run_continual(lora, episodes, cfg, seed, bar) for seed in cfg.cl_seeds]
+            check_cfg = replace(cfg, cl_lr=cfg.cl_lr_check)
+            cl_check = [run_continual(lora, episodes, check_cfg, seed, bar) for seed in cfg.cl_seeds] if cfg.cl_lr_check > 0 else []
     seconds = time.perf_counter() - start
     cpu_seconds = time.process_time() - cpu_start
     names = list(EPISODES)
@@ -992,7 +1018,9 @@ def _run(out_dir: Path, quick: bool, cfg: Config, smoke: bool) -> dict:
         "methods": summarise(per_seed),
         "continual": cl_per_seed,
         "continual_summary": forgetting_table(cl_per_seed, names),
-        "verdicts": verdicts(per_seed, cl_per_seed, names),
+        "continual_lr_check": cl_check,
+        "continual_check_summary": forgetting_table(cl_check, names) if cl_check else None,
+        "verdicts": verdicts(per_seed, cl_per_seed, names, cl_check, cfg.cl_lr_check),
     }
     result["summary"] = headline(result)["summary"]
     (out_dir / "llm_uncertainty.json").write_text(json.dumps(result, indent=1))
