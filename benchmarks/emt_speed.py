@@ -59,6 +59,21 @@ def time_generation(model, prompt: torch.Tensor, new_tokens: int) -> tuple[float
     return prefill, (clock() - t0) / new_tokens
 
 
+def _flop_note(model, prompt_tokens: int, memories: int, layers: int) -> str:
+    """The arithmetic floor of the prefill ratio: exact scoring FLOPs against the model's own."""
+    cfg = model.config
+    n_heads, head_dim = cfg.num_attention_heads, getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    embed = sum(p.numel() for name, p in model.named_parameters() if "embed" in name or "lm_head" in name)
+    body = sum(p.numel() for p in model.parameters()) - embed  # tied lm_head counted once, as the embedding
+    model_flop = 2 * body * prompt_tokens
+    score_flop = 2 * layers * n_heads * prompt_tokens * memories * head_dim
+    return (f"Exact retrieval scores each of the {prompt_tokens} prompt tokens' {n_heads} query heads against all "
+            f"{memories} memory keys in each of {layers} layers: {score_flop / 1e9:.1f} GFLOP, "
+            f"{score_flop / model_flop:.1f} times the model's own {model_flop / 1e9:.1f} GFLOP of matrix products "
+            f"(2 x {body / 1e6:.0f}M non-embedding parameters x {prompt_tokens} tokens). At equal arithmetic speed "
+            f"the prefill ratio cannot fall below {1 + score_flop / model_flop:.1f} with exact float32 scoring.")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=16000, help="document length in tokens (default 16000)")
@@ -165,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
          f"{forwards / build_s:.0f} token-forwards/s)." if build_s is not None else
          f"Bank loaded from `{args.bank}` (window {args.window}, stride {args.stride}; build not timed in this run).")
         + f" Model load {load_s:.1f} s.",
+        "",
+        _flop_note(model, prompt.shape[1], len(bank), len(layers)),
         "",
         f"Slow-down per generated token: **{emt_decode / plain_decode:.2f}x** (target: at most 2x); "
         f"prefill: **{emt_prefill / plain_prefill:.2f}x** (target: at most 2x).",
