@@ -42,6 +42,8 @@ def build(
         per_sample: whether ``log_posterior`` already returns per-sample values ``(B,)``.
         init_prec: starting precision: number ``c`` (``c I``), ``(d,)`` diagonal or ``(d, d)`` PSD matrix.
         prior_precision: prior precision added to the precision (same forms, >= 0 / PSD).
+            With the default 0, directions the data do not curve have infinite variance and ``sample``
+            raises; :func:`thermoai.bayes.laplace.add_prior_precision` adds a prior to a fitted state.
     """
     check_per_sample_flag(per_sample)
 

@@ -37,6 +37,8 @@ def build(
         outer_log_likelihood: ``outer_log_likelihood(z, batch) -> scalar`` (no aux).
         init_prec: starting precision: number, ``(d,)`` diagonal or ``(d, d)`` PSD matrix.
         prior_precision: prior precision added to the precision (same forms).
+            With the default 0, directions the data do not curve have infinite variance and ``sample``
+            raises; :func:`thermoai.bayes.laplace.add_prior_precision` adds a prior to a fitted state.
     """
 
     return transform(

@@ -41,6 +41,8 @@ def build(
         epsilon: ``>= 0`` added to the diagonal at every update.
         rescale: ``>= 0`` factor on the Hessian.
         prior_precision: prior precision added to the precision (same forms as ``init_prec``).
+            With the default 0, directions the data do not curve have infinite variance and ``sample``
+            raises; :func:`thermoai.bayes.laplace.add_prior_precision` adds a prior to a fitted state.
     """
     check_non_negative(epsilon, "epsilon")
     check_non_negative(rescale, "rescale")

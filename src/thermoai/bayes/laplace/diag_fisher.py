@@ -45,6 +45,8 @@ def build(
         per_sample: whether ``log_posterior`` already returns per-sample values.
         init_prec_diag: starting precision (number or tree like params, >= 0).
         prior_precision: prior precision added to the precision (number or tree, >= 0).
+            With the default 0, directions the data do not curve have infinite variance and ``sample``
+            raises; :func:`thermoai.bayes.laplace.add_prior_precision` adds a prior to a fitted state.
     """
     check_per_sample_flag(per_sample)
 

@@ -47,6 +47,8 @@ def build(
         outer_log_likelihood: ``outer_log_likelihood(z, batch) -> scalar`` (summed over the batch; no aux).
         init_prec_diag: starting precision (number or tree, >= 0).
         prior_precision: prior precision added to the precision (number or tree, >= 0).
+            With the default 0, directions the data do not curve have infinite variance and ``sample``
+            raises; :func:`thermoai.bayes.laplace.add_prior_precision` adds a prior to a fitted state.
     """
 
     return transform(
