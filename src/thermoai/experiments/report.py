@@ -676,6 +676,8 @@ def _seeds_text(o: Outcome) -> tuple[str, Any]:
         return ("--seed passed to run()" if o.seed_passed else "the experiment's fixed seeds (see its page)"), None
     if isinstance(seeds, (int, float)):
         seeds = [seeds]
+    if not seeds:
+        return "none (no random draws)", []
     seeds = [int(s) if isinstance(s, (int, float)) and float(s).is_integer() else s for s in seeds]
     return ", ".join(map(str, seeds)) + (" (from --seed)" if o.seed_passed else ""), seeds
 
