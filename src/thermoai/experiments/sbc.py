@@ -469,7 +469,7 @@ def report(out: dict[str, Any]) -> str:
 
 TITLE = "simulation-based calibration of every thermoai.bayes method (linear and logistic regression)"
 PAPER = "posteriors"
-RUN_TIME = {"quick": 110, "full": 530}  # seconds on 2 busy CPU cores (docs/results/sbc.md: 530 s)
+RUN_TIME = {"quick": 50, "full": 270}  # seconds on 2 busy CPU cores (load 6: quick 50 s in make run, full 265 s for docs/results)
 REPRODUCE = {"smoke": {"quick": True, "config": replace(
     QUICK, n_replications=20, n_draws=3, n_bins=2, chain_scale=0.05, vi_steps=50, ensemble_steps=50, newton_steps=5,
     n_replications_cheap=20)}}
