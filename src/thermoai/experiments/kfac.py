@@ -407,7 +407,7 @@ def speedup_study(cfg: Config) -> dict[str, Any]:
 
 TITLE = "thermodynamic K-FAC: step-time breakdown, quantisation study on digits, speed-up predictions"
 PAPER = "kfac"
-RUN_TIME = {"quick": 90, "full": 6000}  # s on 2 shared cores: quick measured 93 s; REPORT 997 s (420 s CPU), full ~6x REPORT
+RUN_TIME = {"quick": 90, "full": 6000}  # s, 2 shared cores: quick 44-93 s (32-38 s CPU); REPORT 997 s; full ~6x REPORT
 REPRODUCE = {"smoke": {"quick": True, "config": SMOKE}, "quick": {"quick": True}, "full": {"quick": False}}
 
 
