@@ -702,7 +702,7 @@ def _markdown(res: dict[str, Any], head: dict[str, Any]) -> str:
         for name, row in sm.items():
             acc = _pm(row["test_accuracy"], ".3f") if "test_accuracy" in row else _pm(row["test_loss"])
             share = st["share_kept"].get(name)
-            share_s = "" if share is None else (f"{_pct(share[0])} +- {_pct(share[1])}" if math.isfinite(share[1])
+            share_s = "" if share is None else (f"{_pct(share[0])} ± {_pct(share[1])}" if math.isfinite(share[1])
                                                 else _pct(share[0]))
             hits = ", ".join("-" if h is None else str(h) for h in row["steps_to_target"])
             dev_t = f"{row['device_s_per_step']:.3g}" if "device_s_per_step" in row and row["device_s_per_step"] else ""
