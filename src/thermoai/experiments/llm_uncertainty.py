@@ -120,12 +120,12 @@ class Config:
 
 PAPER = "posteriors"
 TITLE = "Bayesian SmolLM2: epistemic uncertainty (English vs Albanian) and Laplace continual learning"
-# wall seconds on the shared 2-core machine, both on one thread (choose_threads): quick 91 s through the
-# CLI at load 4.5-5.3 (81 s wall, 35 s CPU in the experiment; before the lr check); full 1077 s wall,
+# wall seconds on the shared 2-core machine, both on one thread (choose_threads): quick 49 s through the
+# CLI at load 4.0 (45 s wall, 43 s CPU in the experiment); full 1077 s wall,
 # 513 s CPU at load 4.9-5.4 (3 seeds; continual learning 3 seeds at two learning rates). Before the head
 # ran on predicted tokens only and the thread choice, the full run (continual learning 1 seed, one lr)
 # took 2996 s wall and 1087 s CPU at load ~10.
-RUN_TIME = {"quick": 110, "full": 1080}
+RUN_TIME = {"quick": 50, "full": 1080}
 
 QUICK = Config(
     seeds=(0,),
