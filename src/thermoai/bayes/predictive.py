@@ -14,6 +14,10 @@ expansion at the mean, ``f(theta) ~ f(mu) + J (theta - mu)``, so for ``theta ~ N
 output is Gaussian, ``N(f_i(mu), J_i Sigma J_i^T)`` (``C x C``). :func:`linearized_forward_diag` and
 :func:`linearized_forward_dense` return that mean and the Cholesky factor of the covariance, like
 ``posteriors.linearized_forward_diag``; :func:`sample_linearized` draws outputs from it.
+
+Language models: :func:`entropy_split` and :class:`EntropySplit` (from :mod:`thermoai.bayes.uncertainty`,
+re-exported here) make the same split on any logits, one draw at a time, with ``log p_bar(target)``;
+:func:`sequence_mean` averages per-token values over a sequence.
 """
 
 from __future__ import annotations
@@ -27,10 +31,16 @@ from torch.func import vmap
 
 from thermoai import tree as T
 from thermoai.bayes._common import per_sample_jacobians
+# the streamed entropy split for large-vocabulary logits lives in bayes.uncertainty; reachable from here too
+from thermoai.bayes.uncertainty import EntropySplit, Uncertainty, entropy_split, sequence_mean
 from thermoai.types import TensorTree
 
 __all__ = [
     "sample_forward",
+    "EntropySplit",
+    "Uncertainty",
+    "entropy_split",
+    "sequence_mean",
     "ClassificationUncertainty",
     "classification_uncertainty",
     "log_predictive_probs",
