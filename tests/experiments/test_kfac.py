@@ -27,7 +27,7 @@ def test_registered_with_the_report_protocol():
     assert E.PAPER == "kfac" and E.TITLE and set(E.RUN_TIME) == {"quick", "full"}
     assert set(E.REPRODUCE) == {"smoke", "quick", "full"} and E.REPRODUCE["smoke"]["config"] is E.SMOKE
     # full sizes are the Config defaults, quick and smoke shrink them
-    assert E.REPRODUCE["full"] == {"quick": False}
+    assert E.REPRODUCE["full"] == {"quick": False, "config": E.REPORT} and E.sizes_name(E.REPORT) == "full"
     for cfg in (E.QUICK, E.SMOKE):
         for kind in E.MODELS:
             assert cfg.steps_for(kind) < E.Config().steps_for(kind) and cfg.steps_for(kind) % cfg.eval_every == 0

@@ -108,16 +108,18 @@ QUICK = Config(seeds=(0, 1), steps=(("autoencoder", 30), ("mlp", 20), ("cnn", 20
 SMOKE = Config(seeds=(0,), steps=(("autoencoder", 6), ("mlp", 3), ("cnn", 3)), eval_every=3,
                lr_grid=(("sgd", (0.03,)), ("adam", (1e-2,)), ("kfac", (0.3,))), bits=(4,), widths=(32,),
                timing_repeats=1)
-# The sizes docs/results/kfac.* were made at: the full run (Config()) takes over an hour on 2 shared cores; this
-# keeps its seeds, bit widths, grids and widths and shortens the training budgets to fit about 25 minutes.
+# `--full` (the committed docs/results/kfac.*): the default Config's seeds, bit widths, grids and widths with
+# training budgets of 150/80/60 steps, about 17 minutes on 2 shared cores. LONG (the Config() defaults,
+# 1000/400/300 steps) takes over an hour and is run from Python: kfac.run(out, config=kfac.LONG).
 REPORT = Config(steps=(("autoencoder", 150), ("mlp", 80), ("cnn", 60)), eval_every=10,
                 lr_grid=(("sgd", (0.01, 0.03, 0.1)), ("adam", (1e-3, 3e-3, 1e-2, 3e-2)), ("kfac", (0.1, 0.3, 1.0))))
+LONG = Config()
 QUANTISATIONS = ("input", "output-inverse", "output-update")
 
 
 def sizes_name(cfg: "Config") -> str:
-    """``"full"``, ``"report"``, ``"quick"``, ``"smoke"`` or ``"custom"``: which of the module's sizes ``cfg`` is."""
-    for name, known in (("full", Config()), ("report", REPORT), ("quick", QUICK), ("smoke", SMOKE)):
+    """``"long"``, ``"full"``, ``"quick"``, ``"smoke"`` or ``"custom"``: which of the module's sizes ``cfg`` is."""
+    for name, known in (("long", LONG), ("full", REPORT), ("quick", QUICK), ("smoke", SMOKE)):
         if cfg == known:
             return name
     return "custom"
@@ -407,19 +409,20 @@ def speedup_study(cfg: Config) -> dict[str, Any]:
 
 TITLE = "thermodynamic K-FAC: step-time breakdown, quantisation study on digits, speed-up predictions"
 PAPER = "kfac"
-RUN_TIME = {"quick": 90, "full": 6000}  # s, 2 shared cores: quick 44-93 s (32-38 s CPU); REPORT 997 s; full ~6x REPORT
-REPRODUCE = {"smoke": {"quick": True, "config": SMOKE}, "quick": {"quick": True}, "full": {"quick": False}}
+RUN_TIME = {"quick": 90, "full": 1000}  # s, 2 shared cores: quick 44-93 s (32-38 s CPU); full (REPORT) 997 s
+REPRODUCE = {"smoke": {"quick": True, "config": SMOKE}, "quick": {"quick": True},
+             "full": {"quick": False, "config": REPORT}}
 
 
 def run(out_dir: Path, quick: bool = False, config: Config | None = None) -> dict:
     """Parts (a), (b) and (c) at the sizes of ``config`` (default :data:`QUICK` if ``quick`` else the full
-    :class:`Config`); writes ``kfac.md``, ``kfac.json`` and ``kfac.png`` into ``out_dir`` and returns the
+    run's :data:`REPORT`; :data:`LONG` for the longer budgets); writes ``kfac.md``, ``kfac.json`` and ``kfac.png`` into ``out_dir`` and returns the
     numbers with the report's ``verdicts``, ``summary`` and ``seeds`` (:func:`headline`)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if config is not None and not isinstance(config, Config):
         raise TypeError(f"config must be a kfac.Config or None; got {type(config).__name__}")
-    cfg = config if config is not None else (QUICK if quick else Config())
+    cfg = config if config is not None else (QUICK if quick else REPORT)
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -646,9 +649,8 @@ def _markdown(res: dict[str, Any], head: dict[str, Any]) -> str:
         "Reproduce with `thermoai reproduce kfac --full` (`--quick` and `--smoke` shrink the sizes; or "
         "`python -c \"import pathlib; from thermoai.experiments import kfac; kfac.run(pathlib.Path('out'))\"`)" +
         (" — these are shrunk sizes (`quick=True`): small budgets, not for conclusions." if res["quick"] else "."),
-        ("Made at the reduced sizes `kfac.REPORT` (the full `Config()` takes over an hour here): "
-         "`python -c \"import pathlib; from thermoai.experiments import kfac; "
-         "kfac.run(pathlib.Path('docs/results'), config=kfac.REPORT)\"`. " if res.get("sizes") == "report" else "") +
+        ("Sizes of `--full` (`kfac.REPORT`); budgets of 1000/400/300 steps (`kfac.LONG`, over an hour here) "
+         "with `kfac.run(out, config=kfac.LONG)`. " if res.get("sizes") == "full" else "") +
         "Sizes: " + ", ".join(f"{k} {_size_text(res['config'][k])}" for k in ("seeds", "steps", "bits", "widths")) + ".",
         f"Wall-clock {res['seconds'] / 60:.1f} min on this machine, one torch thread.",
         "",
