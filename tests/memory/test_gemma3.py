@@ -95,3 +95,21 @@ def test_gemma3_global_only_refuses_sliding_only_layers(gemma):
     bank = MemoryBank.build(model, ids=_ids(model, 40, seed=3)[0], progress=False)
     with pytest.raises(ValueError, match="local_layers"):
         attach(model, bank, layers=[0, 1], local_layers="global")
+
+
+def test_gemma3_benchmark_prompt_is_plain_and_answers_end_at_the_newline(gemma):
+    """A base model has no chat template: the benchmark writes a plain prompt after one ``<bos>`` and stops
+    an answer at its first newline token (Gemma has one token per run of 1..n newlines)."""
+    from thermoai.experiments.emt_benchmark import _Prompter, generate_batch, stop_tokens
+
+    model, tokenizer = gemma
+    assert not tokenizer.chat_template
+    prefix, suffix = _Prompter(tokenizer).build("The capital of Freedonia is Zorbaville.", "What is the capital of Freedonia?")
+    assert prefix[0] == tokenizer.bos_token_id and (prefix + suffix).count(tokenizer.bos_token_id) == 1
+    assert tokenizer.decode(suffix).endswith("\nAnswer:")
+    stops = stop_tokens(tokenizer)
+    assert tokenizer.eos_token_id in stops
+    assert all(tokenizer.decode([s]).strip("\n") == "" for s in stops if s != tokenizer.eos_token_id)
+    assert {tokenizer("\n", add_special_tokens=False).input_ids[0], tokenizer("\n\n", add_special_tokens=False).input_ids[0]} <= set(stops)
+    answer = generate_batch(model, tokenizer, [suffix], prefix=prefix, max_new_tokens=12, details=True)[0]
+    assert answer["text"] == "Zorbaville" and not set(answer["ids"]) & set(stops)
