@@ -113,3 +113,22 @@ def test_gemma3_benchmark_prompt_is_plain_and_answers_end_at_the_newline(gemma):
     assert {tokenizer("\n", add_special_tokens=False).input_ids[0], tokenizer("\n\n", add_special_tokens=False).input_ids[0]} <= set(stops)
     answer = generate_batch(model, tokenizer, [suffix], prefix=prefix, max_new_tokens=12, details=True)[0]
     assert answer["text"] == "Zorbaville" and not set(answer["ids"]) & set(stops)
+
+
+def test_gemma3_memory_ask_command_uses_a_plain_prompt(gemma, tmp_path, capsys):
+    """``thermoai memory ask --model gemma3-270m``: no chat template, so a plain prompt whose answer ends at
+    its line; the fact is only in memory."""
+    import json
+
+    from thermoai.memory import commands
+
+    doc = tmp_path / "doc.txt"
+    doc.write_text("Freedonia is a small island nation in the northern sea. The capital of Freedonia is the city "
+                   "of Zorbaville, founded by fishermen in 1822.", encoding="utf-8")
+    capsys.readouterr()
+    assert commands.main(["ask", "--doc", str(doc), "--model", "gemma3-270m", "--no-progress", "--json",
+                          "--max-new-tokens", "16", "What is the capital of Freedonia?"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "\n" not in result["answer"] and "zorbaville" in result["answer"].lower(), result["answer"]
+    # a cited span is a piece of the answer's word in the document (Gemma splits it: "Zorb" "aville")
+    assert any(c["text"].strip() and c["text"].strip() in "Zorbaville" for c in result["citations"]), result["citations"]

@@ -263,12 +263,9 @@ def stop_tokens(tokenizer) -> list[int]:
             if isinstance(found, int) and found >= 0 and found != tokenizer.unk_token_id:
                 return [found]
         return [tokenizer.eos_token_id]
-    stops = []
-    for n in range(1, 9):
-        ids = tokenizer("\n" * n, add_special_tokens=False)["input_ids"]
-        if len(ids) == 1 and ids[0] not in stops:
-            stops.append(int(ids[0]))
-    return stops + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
+    from thermoai.memory.gemma import newline_stop_tokens
+
+    return newline_stop_tokens(tokenizer)
 
 
 def _batches(items: list, size: int):

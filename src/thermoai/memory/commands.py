@@ -194,16 +194,23 @@ def answer_question(model, tokenizer, mind, question: str, max_new_tokens: int =
     from thermoai.memory.confidence import confidence as confidence_of
 
     mind.reset_citations()
-    inputs = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                           return_tensors="pt", return_dict=True)
+    stop = {}
+    if getattr(tokenizer, "chat_template", None):
+        inputs = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                               return_tensors="pt", return_dict=True)
+    else:  # a base model (Gemma 3 270M) has no chat template: a plain prompt, the answer ending at its line
+        from thermoai.memory.gemma import newline_stop_tokens
+
+        inputs = tokenizer(f"Question: {question}\nAnswer:", return_tensors="pt")
+        stop = {"eos_token_id": newline_stop_tokens(tokenizer)}
     inputs = {k: v.to(next(model.parameters()).device) for k, v in inputs.items()}
     prompt_len = inputs["input_ids"].shape[1]
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, top_p=None, top_k=None,
                              temperature=None, pad_token_id=tokenizer.eos_token_id, output_logits=True,
-                             return_dict_in_generate=True)
+                             return_dict_in_generate=True, **stop)
     generated = out.sequences[0, prompt_len:]
-    special = set(tokenizer.all_special_ids)
+    special = set(tokenizer.all_special_ids) | set(stop.get("eos_token_id", ()))
     n_answer = next((t for t, tok in enumerate(generated.tolist()) if tok in special), len(generated))
     n_answer = max(1, n_answer)
     answer = tokenizer.decode(generated, skip_special_tokens=True).strip()

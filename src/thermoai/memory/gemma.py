@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["GEMMA3_NAME", "GEMMA3_ALIASES", "LOCAL_LAYER_MODES", "DEFAULT_LOCAL_LAYERS", "gemma3_gguf_path", "key_norm_heads_first",
+__all__ = ["GEMMA3_NAME", "GEMMA3_ALIASES", "LOCAL_LAYER_MODES", "DEFAULT_LOCAL_LAYERS", "gemma3_gguf_path", "key_norm_heads_first", "newline_stop_tokens",
            "check_supported", "layer_rope", "layer_window", "select_layers", "mask_outside_window"]
 
 GEMMA3_NAME = "gemma-3-270m"
@@ -71,6 +71,17 @@ def key_norm_heads_first(model) -> bool:
     """Whether ``k_norm``'s output is ``[b, n_kv, s, d]`` (Gemma 3 norms after the head transpose; Llama
     models have no k_norm, Qwen3 norms ``[b, s, n_kv, d]``): the bank reads its captured keys accordingly."""
     return str(getattr(model.config, "model_type", "")).startswith("gemma3")
+
+
+def newline_stop_tokens(tokenizer) -> list[int]:
+    """Ids that end a one-line answer of a base model without chat template: the single tokens of one to
+    eight newlines (Gemma has one per run length), then the end-of-sequence token."""
+    stops: list[int] = []
+    for n in range(1, 9):
+        ids = tokenizer("\n" * n, add_special_tokens=False)["input_ids"]
+        if len(ids) == 1 and ids[0] not in stops:
+            stops.append(int(ids[0]))
+    return stops + ([int(tokenizer.eos_token_id)] if tokenizer.eos_token_id is not None else [])
 
 
 def check_supported(model) -> None:
