@@ -203,16 +203,8 @@ class GaussianPosteriorCircuit:
         _check_options(design, noise, rounding, rate_bound)
         mu = as_vector(mean, "mean")
         d = mu.shape[0]
-        P = as_matrix(precision, "precision", (d, d))
-        top = float(P.abs().max())
-        asym = float((P - P.mT).abs().max())
-        if asym > 1e-10 * max(top, 1e-300):
-            raise ValueError(f"precision must be symmetric; got max |P - P^T| = {asym:.3g} (max |P| = {top:.3g})")
-        P = 0.5 * (P + P.mT)
-        LP, info = torch.linalg.cholesky_ex(P)
-        if int(info) != 0:
-            raise ValueError(f"precision must be positive definite; got smallest eigenvalue "
-                             f"{float(torch.linalg.eigvalsh(P).min()):.3g}")
+        P = as_covariance(as_matrix(precision, "precision", (d, d)), "precision", d)  # symmetric PD, checked
+        LP = torch.linalg.cholesky(P)
         device = check_device(device, d)
         if scale is None:
             Linv = torch.linalg.solve_triangular(LP, torch.eye(d, dtype=F64), upper=False)
