@@ -8,7 +8,10 @@ DESIGN.md's layers, top to bottom (imports go down, never up or sideways between
     thermo.linalg   thermo.cost
     thermo.device
     thermo.ou
-    tree, types
+    tree, types, distributed
+
+``thermoai.distributed`` (the process group and configuration check that bayes.distributed and
+optim.distributed share) sits with tree and types: it imports only torch.
 
 Every import counts, at module level or inside a function (a lazy import still makes a cycle). A thermo
 module the list does not name (``thermo.planning``, ``thermo.digital``, ...) sits at the level of
@@ -37,7 +40,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("thermoai.thermo.linalg", "thermoai.thermo.cost"),
     ("thermoai.thermo.device",),
     ("thermoai.thermo.ou",),
-    ("thermoai.tree", "thermoai.types"),
+    ("thermoai.tree", "thermoai.types", "thermoai.distributed"),
 ]
 # modules DESIGN.md names together as one unit
 SAME_UNIT = {"thermoai.__main__": "thermoai.cli", "thermoai.types": "thermoai.tree"}

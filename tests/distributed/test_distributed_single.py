@@ -68,6 +68,8 @@ def test_configuration_check_hashes_and_validates_in_one_process():
         od.check_same_config({"f": object()})
     with pytest.raises(TypeError, match="config must be a mapping"):
         bd.check_same_config([1, 2])
+    # one class each, whichever module a user imports them from
+    assert bd.DistributedError is od.DistributedError and bd.ConfigMismatchError is od.ConfigMismatchError
 
 
 def test_bad_arguments_are_named():

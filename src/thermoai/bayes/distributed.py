@@ -42,7 +42,6 @@ Without a process group the ensemble runs every shard in this process: the singl
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -51,123 +50,18 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import optree
 import torch
-import torch.distributed as dist
 from torch import Tensor
 from torch.func import vmap
 
 from thermoai import tree as T
 from thermoai.bayes import diagnostics, ensemble
+from thermoai.distributed import ConfigMismatchError, DistributedError, ProcessGroup, check_same_config
 from thermoai.types import TensorTree, Transform
 
 __all__ = ["DistributedEnsemble", "DistributedError", "ConfigMismatchError", "check_same_config", "shard_bounds"]
 
 _FORMAT = "thermoai.bayes.distributed/1"
 _MASK64 = (1 << 64) - 1
-
-
-class DistributedError(RuntimeError):
-    """A collective failed: another rank stopped, or the process group's timeout passed."""
-
-
-class ConfigMismatchError(ValueError):
-    """The ranks were started with different configurations (raised on every rank, at start-up)."""
-
-
-# ------------------------------------------------------------------------------- process group helpers
-# (thermoai.optim.distributed has the same small helpers: bayes and optim are sibling layers)
-
-
-class _Group:
-    def __init__(self, group: Any, what: str):
-        self.what = what
-        if not (dist.is_available() and dist.is_initialized()):
-            if group is not None:
-                raise ValueError("group was given but torch.distributed is not initialised; call "
-                                 "torch.distributed.init_process_group first (or leave group=None)")
-            self.group, self.rank, self.world_size, self.device = None, 0, 1, torch.device("cpu")
-            return
-        self.group = group
-        self.rank = dist.get_rank(group)
-        self.world_size = dist.get_world_size(group)
-        if self.rank < 0:
-            raise ValueError(f"this process (global rank {dist.get_rank()}) is not a member of group")
-        backend = str(dist.get_backend(group))
-        self.device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
-
-    def run(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, group=self.group, **kwargs)
-        except RuntimeError as err:  # DistBackendError and DistNetworkError are RuntimeErrors
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise DistributedError(
-                f"{self.what}: {name} failed on rank {self.rank} of {self.world_size} ({type(err).__name__}: "
-                f"{first[:300]}). Another rank has stopped or has not reached this point within the process "
-                "group's timeout; this rank stops too (resume from the last checkpoint; docs/distributed.md, "
-                "'Faults').") from err
-
-    def all_gather(self, t: Tensor, name: str) -> list[Tensor]:
-        out = [torch.empty_like(t) for _ in range(self.world_size)]
-        self.run(name, dist.all_gather, out, t)
-        return out
-
-    def all_gather_json(self, obj: Any, name: str) -> list[Any]:
-        data = json.dumps(obj, sort_keys=True, default=str).encode()
-        if self.world_size == 1:
-            return [json.loads(data)]
-        sizes = self.all_gather(torch.tensor([len(data)], dtype=torch.int64, device=self.device), f"{name} (sizes)")
-        longest = max(int(s) for s in sizes)
-        buf = torch.zeros(longest, dtype=torch.uint8)
-        buf[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        outs = self.all_gather(buf.to(self.device), name)
-        return [json.loads(o[: int(s)].cpu().numpy().tobytes()) for o, s in zip(outs, sizes)]
-
-    def all_ok(self, ok: bool, name: str) -> bool:
-        if self.world_size == 1:
-            return ok
-        t = torch.tensor([0.0 if ok else 1.0], dtype=torch.float64, device=self.device)
-        self.run(name, dist.all_reduce, t, op=dist.ReduceOp.MAX)
-        return not t.item() > 0
-
-
-def _flatten(config: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(config, dict):
-        out: dict[str, Any] = {}
-        for k, v in config.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out or {prefix[:-1]: {}}
-    return {prefix[:-1]: config}
-
-
-def _short(v: Any) -> str:
-    s = json.dumps(v, default=str)
-    return s if len(s) <= 60 else s[:57] + "..."
-
-
-def check_same_config(config: Mapping[str, Any], group: Any = None, what: str = "run") -> str:
-    """All-gather ``config`` (a JSON-able mapping) and raise :class:`ConfigMismatchError` on every rank if
-    any rank's differs from rank 0's, naming the differing keys (dotted paths) with both values. Returns
-    the configuration's hash (16 hex digits of the SHA-256 of its canonical JSON). A collective."""
-    if not isinstance(config, Mapping):
-        raise TypeError(f"config must be a mapping (a dict of JSON-able values); got {type(config).__name__}")
-    try:
-        text = json.dumps(config, sort_keys=True)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"config must be JSON-able (numbers, strings, lists, dicts): {err}") from err
-    g = _Group(group, what)
-    configs = g.all_gather_json(json.loads(text), "configuration check")
-    ref = _flatten(configs[0])
-    problems = []
-    for r, other in enumerate(configs[1:], start=1):
-        mine = _flatten(other)
-        keys = sorted(k for k in set(ref) | set(mine) if ref.get(k, "<missing>") != mine.get(k, "<missing>"))
-        if keys:
-            shown = ", ".join(f"{k} (rank 0: {_short(ref.get(k, '<missing>'))}, rank {r}: "
-                              f"{_short(mine.get(k, '<missing>'))})" for k in keys[:6])
-            problems.append(f"rank {r} differs from rank 0 in {shown}" + (f" and {len(keys) - 6} more" if len(keys) > 6 else ""))
-    if problems:
-        raise ConfigMismatchError(f"{what}: the ranks were started with different configurations, refused at "
-                                  f"start-up (this is rank {g.rank} of {g.world_size}): " + "; ".join(problems))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------------------------ layout
@@ -240,7 +134,7 @@ class DistributedEnsemble:
                 raise TypeError(f"{name} must be True or False; got {flag!r}")
         if config is not None and not isinstance(config, Mapping):
             raise TypeError(f"config must be a JSON-able dict or None; got {type(config).__name__}")
-        self.comm = _Group(group, "DistributedEnsemble")
+        self.comm = ProcessGroup(group, "DistributedEnsemble")
         self.rank, self.world_size = self.comm.rank, self.comm.world_size
         shards = self.world_size if shards is None else shards
         if isinstance(shards, bool) or not isinstance(shards, int) or not self.world_size <= shards <= n_members:
@@ -460,7 +354,7 @@ class DistributedEnsemble:
             except OSError as err:
                 ok, failure = False, err
                 tmp.unlink(missing_ok=True)
-        if not self.comm.all_ok(ok, "checkpoint write"):
+        if not self.comm.barrier_ok(ok, "checkpoint write"):
             if failure is not None:
                 raise failure
             raise DistributedError(f"DistributedEnsemble.save: rank 0 could not write {str(path)!r}")
