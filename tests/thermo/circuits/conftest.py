@@ -10,10 +10,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import logistic_reference as R  # noqa: E402
 
+from thermoai.thermo.circuits.data import breast_cancer
+
 
 @pytest.fixture(scope="session")
 def cancer():
-    return R.breast_cancer()
+    return breast_cancer()
 
 
 @pytest.fixture(scope="session")

@@ -11,21 +11,8 @@ from __future__ import annotations
 import math
 
 import torch
-from sklearn.datasets import load_breast_cancer
 
 F64 = torch.float64
-
-
-def breast_cancer(n_train: int = 400, seed: int = 0):
-    """Standardised features (30) and labels, split at random into train/test (the test rows score the
-    predictive). Standardisation uses the training rows' mean and sd."""
-    X, y = load_breast_cancer(return_X_y=True)
-    X, y = torch.tensor(X, dtype=F64), torch.tensor(y, dtype=F64)
-    perm = torch.randperm(X.shape[0], generator=torch.Generator().manual_seed(seed))
-    X, y = X[perm], y[perm]
-    mu, sd = X[:n_train].mean(0), X[:n_train].std(0)
-    X = (X - mu) / sd
-    return X[:n_train], y[:n_train], X[n_train:], y[n_train:]
 
 
 def potential_and_grad(theta, X, y, prior_var, T):

@@ -52,9 +52,8 @@ def _bar(enabled: bool, total: int, desc: str):
 
 
 def run_logistic(args: argparse.Namespace) -> int:
-    from sklearn.datasets import load_breast_cancer
-
     from thermoai.thermo.circuits import LogisticPosteriorCircuit
+    from thermoai.thermo.circuits.data import breast_cancer
     from thermoai.thermo.circuits.mala import laplace_preconditioner, logistic_log_prob, mala
     from thermoai.thermo.circuits.metrics import binary_metrics, predictive
 
@@ -63,22 +62,17 @@ def run_logistic(args: argparse.Namespace) -> int:
             print(f"error: --{name.replace('_', '-')} must be a positive integer; got {getattr(args, name)}")
             return 2
     F64 = torch.float64
-    X, y = load_breast_cancer(return_X_y=True)
-    X, y = torch.tensor(X, dtype=F64), torch.tensor(y, dtype=F64)
-    if not 2 <= args.train < X.shape[0]:
-        print(f"error: --train must be in [2, {X.shape[0] - 1}]; got {args.train}")
+    try:
+        Xtr, ytr, Xte, yte = breast_cancer(args.train, args.seed)
+    except ValueError as err:  # the training-set size
+        print(f"error: --train: {err}")
         return 2
-    perm = torch.randperm(X.shape[0], generator=torch.Generator().manual_seed(args.seed))
-    X, y = X[perm], y[perm]
-    mu, sd = X[: args.train].mean(0), X[: args.train].std(0)
-    X = (X - mu) / sd
-    Xtr, ytr, Xte, yte = X[: args.train], y[: args.train], X[args.train:], y[args.train:]
-    d = X.shape[1]
+    d = Xtr.shape[1]
     show = not args.no_progress
 
     circuit = LogisticPosteriorCircuit(Xtr, ytr, device=_device(args.device, d), step_fraction=1.0)
     L, tau = circuit.stiffness, circuit.time_constant
-    print(f"breast cancer: {args.train} training / {X.shape[0] - args.train} test rows, {d} features; device "
+    print(f"breast cancer: {args.train} training / {Xte.shape[0]} test rows, {d} features; device "
           f"'{args.device}', curvature bound L = {L:.0f}, prior time constant {L * tau * 1e3:.3g} ms")
     t0 = time.perf_counter()
     with _bar(show, 1, "circuit (simulated)") as bar:
