@@ -26,7 +26,12 @@ def updated_readme(readme: str, results: dict) -> str:
 def main(argv: list[str]) -> int:
     readme_path, results_path = ROOT / "README.md", ROOT / "docs" / "results" / "results.json"
     readme = readme_path.read_text()
-    new = updated_readme(readme, json.loads(results_path.read_text()))
+    try:
+        results = json.loads(results_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        print(f"error: cannot read {results_path} ({err}); remake it with make results")
+        return 2
+    new = updated_readme(readme, results)
     if "--check" in argv:
         if new != readme:
             print("README.md's results table is out of date: run python scripts/readme_results.py")
