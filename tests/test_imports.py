@@ -8,10 +8,11 @@ DESIGN.md's layers, top to bottom (imports go down, never up or sideways between
     thermo.linalg   thermo.cost
     thermo.device
     thermo.ou
-    tree, types, distributed
+    tree, types, distributed, philox
 
 ``thermoai.distributed`` (the process group and configuration check that bayes.distributed and
-optim.distributed share) sits with tree and types: it imports only torch.
+optim.distributed share) and ``thermoai.philox`` (the compiled normal generator of the SGMCMC noise) sit
+with tree and types: they import only torch and the standard library.
 
 Every import counts, at module level or inside a function (a lazy import still makes a cycle). A thermo
 module the list does not name (``thermo.planning``, ``thermo.digital``, ...) sits at the level of
@@ -40,7 +41,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("thermoai.thermo.linalg", "thermoai.thermo.cost"),
     ("thermoai.thermo.device",),
     ("thermoai.thermo.ou",),
-    ("thermoai.tree", "thermoai.types", "thermoai.distributed"),
+    ("thermoai.tree", "thermoai.types", "thermoai.distributed", "thermoai.philox"),
 ]
 # modules DESIGN.md names together as one unit
 SAME_UNIT = {"thermoai.__main__": "thermoai.cli", "thermoai.types": "thermoai.tree"}
