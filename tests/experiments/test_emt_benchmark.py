@@ -1,5 +1,6 @@
 """The counterfactual retrieval benchmark: its data generator, and a tiny end-to-end run."""
 
+import dataclasses
 import json
 
 import pytest
@@ -165,3 +166,31 @@ def test_paired_differences_on_known_records():
     altered = emt_benchmark.paired_differences(records, "a", "b", kind="altered")
     assert (altered["n"], altered["difference"]) == (1, -1.0)
     assert emt_benchmark.paired_differences(records, "a", "missing") is None
+
+
+def test_baseline_comparison_pairs_each_condition_with_the_earlier_run(tmp_path):
+    def rec(fact, condition, correct, generated, question=None, setting=None):
+        return {"length": 2000, "doc": 0, "fact": fact, "condition": condition, "correct": correct, "kind": "fictional",
+                "generated": generated, "question": question or f"q{fact}", "setting": setting}
+
+    new = [rec(0, "rag", True, "A"), rec(1, "rag", True, "B"), rec(2, "rag", False, "x"),
+           rec(0, "extended_mind", False, "n"), rec(0, "ablation:topk", True, "A", setting=2)]
+    old = [rec(0, "rag", True, "A"), rec(1, "rag", False, "b"), rec(2, "rag", False, "x"),
+           rec(0, "extended_mind", True, "A"), rec(0, "ablation:topk", False, "z", setting=2)]
+    out = emt_benchmark.baseline_comparison(new, old, ("rag", "extended_mind", "truncated"))
+    assert set(out) == {"rag", "extended_mind"}  # no truncated records; ablations are not conditions
+    assert (out["rag"]["n"], out["rag"]["a_only"], out["rag"]["b_only"], out["rag"]["same_text"]) == (3, 1, 0, 2)
+    assert out["rag"]["difference"] == pytest.approx(1 / 3)
+    assert (out["extended_mind"]["difference"], out["extended_mind"]["same_text"]) == (-1.0, 0)
+    with pytest.raises(ValueError, match="same documents"):
+        emt_benchmark.baseline_comparison(new, [rec(0, "rag", True, "A", question="other")], ("rag",))
+    # on the page: the section, and a missing file is said, not an error
+    cfg = emt_benchmark.BenchmarkConfig(conditions=("rag", "extended_mind"), baseline=str(tmp_path / "old.json"))
+    assert emt_benchmark._baseline(cfg, new)["missing"] is True
+    (tmp_path / "old.json").write_text(json.dumps({"records": old}))
+    result = {"baseline": emt_benchmark._baseline(cfg, new)}
+    lines = "\n".join(emt_benchmark._baseline_lines(result, dataclasses.asdict(cfg)))
+    assert "## Against the previous run" in lines and "+33.3 ± 33.3 (1 / 0 of 3) | 2 of 3" in lines
+    (tmp_path / "old.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a benchmark JSON"):
+        emt_benchmark._baseline(cfg, new)

@@ -44,7 +44,8 @@ import torch
 
 from thermoai.experiments.emt_data import Document, make_documents
 
-__all__ = ["CONDITIONS", "SIZES", "BenchmarkConfig", "run", "main", "evenly_spaced_layers", "is_correct"]
+__all__ = ["CONDITIONS", "SIZES", "BenchmarkConfig", "run", "main", "evenly_spaced_layers", "is_correct",
+           "baseline_comparison"]
 
 CONDITIONS = ("no_document", "truncated", "full_document", "rag", "extended_mind", "extended_mind_rag")
 _LABELS = {
@@ -644,6 +645,31 @@ def paired_differences(records: list[dict], a: str, b: str, kind: str | None = N
             "b_only": sum(x < 0 for x in diffs)}
 
 
+def baseline_comparison(records: list[dict], baseline: list[dict], conditions: Sequence[str]) -> dict:
+    """Each condition of this run minus the same condition of an earlier run (``baseline``: its records),
+    paired question by question: :func:`paired_differences` plus ``same_text``, how many answers are
+    character-identical. Raises ``ValueError`` when a question of the pair differs (another seed or
+    document set)."""
+
+    def keyed(rows):
+        return {(r["length"], r["doc"], r["fact"], r["condition"]): r for r in rows if r.get("setting") is None}
+
+    new, old = keyed(records), keyed(baseline)
+    for key in new.keys() & old.keys():
+        if new[key]["question"] != old[key]["question"]:
+            raise ValueError(f"baseline: question {key[:3]} differs ({old[key]['question']!r} there, "
+                             f"{new[key]['question']!r} here): it is not a run on the same documents")
+    out = {}
+    for condition in conditions:
+        both = [k for k in new.keys() & old.keys() if k[3] == condition]
+        pairs = [dict(new[k], condition="new") for k in both] + [dict(old[k], condition="old") for k in both]
+        entry = paired_differences(pairs, "new", "old")
+        if entry is not None:
+            entry["same_text"] = sum(new[k]["generated"] == old[k]["generated"] for k in both)
+            out[condition] = entry
+    return out
+
+
 def diagnostic_summaries(records: list[dict]) -> dict:
     """``_diagnostic_summary`` per condition, and per setting of each ablation (``"ablation:topk=5"``)."""
     groups: dict[str, list] = {}
@@ -763,7 +789,23 @@ def _summarise(cfg, documents, records, ablations, ablation_length, timings, n_l
                     "bank_tokens_per_s": round(timings["bank_tokens"] / timings["bank_build_s"], 1) if timings["bank_build_s"] else None,
                     "generate_s": {k: round(v, 1) for k, v in timings["generate_s"].items()}},
         "records": records,
+        "baseline": _baseline(cfg, records),
     }
+
+
+def _baseline(cfg, records: list[dict]) -> dict | None:
+    """The comparison with ``cfg.baseline`` (see :func:`baseline_comparison`), or why there is none."""
+    if not cfg.baseline:
+        return None
+    path = Path(cfg.baseline)
+    if not path.is_file():
+        return {"path": str(path), "label": cfg.baseline_label, "missing": True}
+    try:
+        baseline = json.loads(path.read_text())["records"]
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"baseline: {path} is not a benchmark JSON with records ({err})") from err
+    return {"path": str(path), "label": cfg.baseline_label,
+            "paired": baseline_comparison(records, baseline, cfg.conditions)}
 
 
 def _default_command(size: str, overrides: dict) -> str:
@@ -832,6 +874,7 @@ def _write(out_dir: Path, result: dict) -> None:
                 lines.append(f"| {value} | {_cell(e)} |")
             lines.append("")
     lines += _diagnostic_lines(result, cfg)
+    lines += _baseline_lines(result, cfg)
     t = result["timings"]
     lines += [
         "## Cost",
@@ -846,6 +889,23 @@ def _write(out_dir: Path, result: dict) -> None:
     (out_dir / "emt_benchmark.md").write_text("\n".join(lines))
     (out_dir / "emt_benchmark.json").write_text(json.dumps(result, indent=1, default=str))
     _plot(out_dir / "emt_benchmark.png", result)
+
+
+def _baseline_lines(result: dict, cfg: dict) -> list[str]:
+    base = result.get("baseline")
+    if not base:
+        return []
+    lines = [f"## Against {base['label']}", ""]
+    if base.get("missing"):
+        return lines + [f"No comparison: `{base['path']}` was not found.", ""]
+    lines += [f"Each condition of this run minus the same condition in `{base['path']}`, on the same questions: "
+              "points ± one standard error of the per-question differences; in brackets, how many only this run "
+              "(only that run) got right; last column, how many answers are character-identical.", "",
+              "| condition | this run − that run | identical answers |", "|---|---|---|"]
+    for condition, e in base["paired"].items():
+        lines.append(f"| {_label(condition, cfg)} | {100 * e['difference']:+.1f} ± {100 * e['stderr']:.1f} "
+                     f"({e['a_only']} / {e['b_only']} of {e['n']}) | {e['same_text']} of {e['n']} |")
+    return lines + [""]
 
 
 def _diagnostic_lines(result: dict, cfg: dict) -> list[str]:
