@@ -14,10 +14,9 @@ and the machine's load average at the start and the end. The gradient of the log
 update arithmetic itself is ``step - gradient``; for SGMCMC the table reports both ratios.
 
 The floor of an SGMCMC update on a CPU is the Gaussian noise (one normal per parameter): the same run
-times thermoai's and posteriors' draws, candidate faster generators (Box-Muller as torch ops on bits drawn
-in one call, from torch's Mersenne Twister and from numpy's SFC64; numpy's ziggurat) and the parts of
-thermoai's SGLD step (validated gradient, finiteness check, one fused axpy), and the report states the
-least update-only ratio those parts allow.
+times thermoai's draw (``thermoai.philox``), posteriors', torch's ``normal_`` into one buffer and numpy's
+ziggurat, and the parts of thermoai's SGLD step (validated gradient, finiteness check, one fused axpy),
+and the report states the least update-only ratio those parts allow.
 
 Run with the benchmark environment (posteriors, torchopt and tensordict are installed only there):
 
@@ -50,9 +49,10 @@ import posteriors  # noqa: E402
 import torchopt  # noqa: E402
 
 import thermoai  # noqa: E402
+from thermoai import philox  # noqa: E402
 from thermoai.bayes.laplace import diag_fisher as tai_diag_fisher  # noqa: E402
 from thermoai.bayes.sgmcmc import sghmc as tai_sghmc  # noqa: E402
-from thermoai.bayes.sgmcmc._common import scratch_normal  # noqa: E402
+from thermoai.bayes.sgmcmc._common import add_noise, scratch_normal  # noqa: E402
 from thermoai.bayes.sgmcmc import sgld as tai_sgld  # noqa: E402
 from thermoai.bayes.vi import diag as tai_vi_diag  # noqa: E402
 
@@ -219,52 +219,29 @@ def update_parts(params: dict[str, torch.Tensor], batch: Any) -> dict[str, Calla
 
 
 # ------------------------------------------------------------------------------------------ the noise
-# Candidate ways to draw one standard normal per parameter, timed side by side (the floor of an SGMCMC
-# update on a CPU). All but posteriors' and thermoai's own are measured only, not used.
+# Ways to draw one standard normal per parameter, timed side by side (the floor of an SGMCMC update on a
+# CPU): posteriors', thermoai's (thermoai.philox) and what torch and numpy offer.
+THERMOAI_NOISE = "thermoai: Philox + Box-Muller noise added into the parameters in place, one pass (add_noise)"
 
 
 def noise_candidates(leaves: list[torch.Tensor]) -> dict[str, Callable[[], Any]]:
     n = sum(p.numel() for p in leaves)
-    half = (n + 1) // 2
-    words = torch.empty(half, dtype=torch.int64)
-    out = torch.empty(2 * half)
-    radius, angle = torch.empty(half), torch.empty(half)
-    k24 = torch.empty(half, dtype=torch.int32)
+    words = torch.empty((n + 1) // 2, dtype=torch.int64)
+    flat = torch.empty(n)
     np_out = np.empty(n, dtype=np.float32)
-
-    def box_muller(w: torch.Tensor) -> None:
-        # two 24-bit uniforms per 64-bit word: r = sqrt(-2 log u1) (u1 in (0, 1]), t = 2 pi u2; z = r cos t, r sin t
-        w32 = w.view(torch.int32).view(half, 2)
-        torch.bitwise_and(w32[:, 0], 0xFFFFFF, out=k24)
-        torch.add(k24, 1, out=radius)
-        radius.mul_(2.0**-24).log_().mul_(-2.0).sqrt_()
-        torch.bitwise_and(w32[:, 1], 0xFFFFFF, out=k24)
-        torch.mul(k24, 2.0 * math.pi * 2.0**-24, out=angle)
-        torch.cos(angle, out=out[:half]).mul_(radius)
-        torch.sin(angle, out=out[half:]).mul_(radius)
-
-    def torch_bits_box_muller() -> None:
-        words.random_()
-        box_muller(words)
-
-    def sfc64_bits() -> np.ndarray:
-        return np.random.SFC64(int(torch.randint(0, 2**62, ()))).random_raw(half)
-
-    def sfc64_box_muller() -> None:
-        box_muller(torch.from_numpy(sfc64_bits().view(np.int64)))
 
     def sfc64_ziggurat() -> None:
         np.random.Generator(np.random.SFC64(int(torch.randint(0, 2**62, ())))).standard_normal(
             out=np_out, dtype=np.float32
         )
 
+    targets = [p.detach().clone() for p in leaves]
     return {
         "posteriors: torch.randn_like leaf by leaf": lambda: [torch.randn_like(p) for p in leaves],
-        "thermoai: one scaled normal_ into a reused buffer": lambda: scratch_normal(leaves, 0.01, None),
+        THERMOAI_NOISE: lambda: add_noise(targets, 0.01, None, True),
+        "thermoai: the same draw into a reused buffer (scratch_normal)": lambda: scratch_normal(leaves, 0.01, None),
+        "torch's normal_ into one reused buffer (thermoai where no kernel can be built)": lambda: flat.normal_(0.0, 0.01),
         "torch's Mersenne Twister bits alone (random_, n/2 int64 words)": lambda: words.random_(),
-        "Box-Muller in torch ops on those bits (one call)": torch_bits_box_muller,
-        "numpy SFC64 bits alone (n/2 64-bit words)": sfc64_bits,
-        "Box-Muller in torch ops on SFC64 bits": sfc64_box_muller,
         "numpy SFC64 ziggurat (float32)": sfc64_ziggurat,
     }
 
@@ -359,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         f"thermoai {thermoai.__version__ if hasattr(thermoai, '__version__') else '?'}, "
         f"posteriors {getattr(posteriors, '__version__', '0.1.3')}, torch {torch.__version__}, "
         f"{args.threads} torch thread(s), Python {platform.python_version()}, {platform.machine()}, "
-        f"device {_device_name(device)}; "
+        f"device {_device_name(device)}; noise kernel: {philox.status().split(': /')[0]}; "
         f"model {n_params:,} parameters; {args.repeats} interleaved blocks of {args.steps} steps "
         f"(Laplace: {max(1, args.steps // 10)}) after {args.warmup} warm-up steps, median of "
         f"{'the main thread CPU time' if args.clock == 'cpu' else 'wall-clock time'} per step; "
@@ -409,7 +386,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 
 def _noise_table(noises: dict[str, float]) -> str:
-    base = noises["thermoai: one scaled normal_ into a reused buffer"]
+    base = noises[THERMOAI_NOISE]
     lines = ["| noise for all parameters, one step | ms | / thermoai's draw |", "|---|---:|---:|"]
     lines += [f"| {name} | {sec * 1e3:.2f} | {sec / base:.2f} |" for name, sec in noises.items()]
     return "\n".join(lines)
@@ -417,7 +394,7 @@ def _noise_table(noises: dict[str, float]) -> str:
 
 def _targets(rows: list[dict[str, Any]], noises: dict[str, float]) -> str:
     """The targets, judged on this run's numbers."""
-    scratch = noises["thermoai: one scaled normal_ into a reused buffer"]
+    scratch = noises[THERMOAI_NOISE]
     slower = [f"{r['method']} ({r['target']}, inplace={r['inplace']})" for r in rows if r["thermoai"] > r["posteriors"]]
     sgmcmc = [r for r in rows if r["method"] in ("SGLD", "SGHMC")]
     if not sgmcmc:
@@ -431,7 +408,7 @@ def _targets(rows: list[dict[str, Any]], noises: dict[str, float]) -> str:
     ]
     normals = {k: v for k, v in noises.items() if "alone" not in k}  # the bits alone are not normals yet
     fastest = min(normals, key=normals.get)
-    others = "; ".join(f"{k}: {v / scratch:.2f}×" for k, v in normals.items() if not k.startswith(("thermoai", "posteriors")))
+    others = "; ".join(f"{k}: {v / scratch:.2f}×" for k, v in normals.items() if k != THERMOAI_NOISE)
     return "\n".join([
         f"- No method slower than posteriors: **{'met' if not slower else 'missed'}**"
         + (f" (slower: {', '.join(slower)})" if slower else f" (worst step ratio {max(r['thermoai'] / r['posteriors'] for r in rows):.2f})."),
@@ -440,32 +417,32 @@ def _targets(rows: list[dict[str, Any]], noises: dict[str, float]) -> str:
         f"- The floor: thermoai's noise draw alone takes {scratch * 1e3:.2f} ms; divided by posteriors' whole update "
         f"(its step − gradient) that is the update-only ratio thermoai would reach with free arithmetic: "
         + "; ".join(floors) + ".",
-        f"- The fastest exact normals measured here: {fastest} ({normals[fastest] * 1e3:.2f} ms); the candidate "
-        f"generators against thermoai's draw: {others}.",
+        f"- The fastest exact normals measured here: {fastest} ({normals[fastest] * 1e3:.2f} ms); the others "
+        f"against thermoai's draw: {others}.",
     ])
 
 
 def _parts_text(parts: dict[str, float], noises: dict[str, float], rows: list[dict[str, Any]]) -> str:
-    scratch = noises["thermoai: one scaled normal_ into a reused buffer"]
+    scratch = noises[THERMOAI_NOISE]
     axpy = parts["one fused axpy over the tree (torch._foreach_add_)"]
     check = parts["the finiteness check of value and gradient alone (tree_all_finite)"]
     lines = ["| part of thermoai's SGLD step (MLP) | ms |", "|---|---:|"]
     lines += [f"| {k} | {v * 1e3:.2f} |" for k, v in parts.items()]
-    lines += [f"| the noise (thermoai's draw, above) | {scratch * 1e3:.2f} |"]
-    least = scratch + 2 * axpy + check
+    lines += [f"| the noise, added in place (thermoai's draw, above) | {scratch * 1e3:.2f} |"]
+    least = scratch + axpy + check
     sgld = [r for r in rows if r["method"] == "SGLD" and r["target"] == "MLP" and r["posteriors"] > r["grad"]]
     verdict = ""
     if sgld:
         post = min(r["posteriors"] - r["grad"] for r in sgld)
         verdict = (
             f" Against posteriors' fastest SGLD update in this run ({post * 1e3:.2f} ms) that is an update-only "
-            f"ratio of {least / post:.2f}, and {(scratch + 2 * axpy) / post:.2f} without the finiteness check."
+            f"ratio of {least / post:.2f}, and {(scratch + axpy) / post:.2f} without the finiteness check."
         )
     validated = parts["thermoai's log_prob.value_and_grad (validated: pair, scalar, finite value and gradient)"]
     bare = parts["torch.func.grad_and_value alone"]
     return "\n".join(lines) + (
-        f"\n\nthermoai's SGLD update is at least the noise, two fused axpys and the check, each timed alone "
-        f"(on warm caches, so a lower bound): {scratch * 1e3:.2f} + 2 x {axpy * 1e3:.2f} + {check * 1e3:.2f} = "
+        f"\n\nthermoai's SGLD update is at least the gradient axpy, the noise added in place and the check, each "
+        f"timed alone (on warm caches, so a lower bound): {axpy * 1e3:.2f} + {scratch * 1e3:.2f} + {check * 1e3:.2f} = "
         f"{least * 1e3:.2f} ms." + verdict + f" Inside the step the validated gradient costs "
         f"{(validated - bare) * 1e3:.2f} ms more than the bare one: there the check reads gradients just written "
         f"by the backward pass, from memory rather than cache."
@@ -501,7 +478,7 @@ gradient: the part a library's own code decides.
 
 {_targets(rows, noises)}
 
-## The noise draw, and why the SGMCMC update does not reach 0.6× on a CPU
+## The noise draw
 
 {_noise_table(noises)}
 
@@ -509,21 +486,18 @@ gradient: the part a library's own code decides.
 
 An SGMCMC update is a few element-wise passes over the parameters plus one standard-normal draw per
 parameter. thermoai does the passes with `torch._foreach_*`, the scalar folded into each axpy, in place
-when asked (SGLD: two passes, SGHMC: four, plus one cheap sum per leaf to check finiteness), where
-posteriors' `tree_map` of Python expressions makes four and eight passes, each allocating a temporary;
-the noise is one `normal_` over the whole flattened tree, already scaled, into a buffer reused between
-steps (no allocation, no page faults). What is left is the draw itself, and the table shows it does not
-shrink with what torch and numpy offer: torch's CPU `normal_` is its Mersenne Twister (one 32-bit word
-per normal, drawn in a scalar loop) followed by a vectorised Box-Muller; the raw words alone cost about
-half of the normals. Box-Muller written as torch ops on bits drawn in one call costs more than torch's
-own normals even before the bits (every op is a pass over memory: log, sqrt, cos, sin and the bit
-masks); SFC64 bits from numpy are about half the price of torch's words, but Box-Muller on them is
-still slower than `normal_`, and numpy's ziggurat (a scalar loop with branches) is slower again. An exact
-generator faster than torch's needs a compiled, fused kernel (bits and transform in registers), which
-thermoai does not ship; so on a CPU the update-only ratio stays bounded below by (thermoai's noise time) /
-(posteriors' update time), the floor in the targets above, which is above 0.6 for SGLD. On a real model the
-step ratio is closer still to 1, since the gradient dominates. On a GPU torch's generator is Philox
-(counter-based, parallel, fused into the normal kernel) and the bound goes.
+when asked (SGLD: one axpy, SGHMC: three, plus one cheap sum per leaf to check finiteness), where
+posteriors' `tree_map` of Python expressions makes four and eight passes, each allocating a temporary.
+The draw dominates what is left, and torch's CPU `normal_` is its Mersenne Twister (one 32-bit word per
+normal, drawn in a scalar loop; the raw words alone cost about half of the normals) followed by a
+vectorised Box-Muller. thermoai draws float32 noise with `thermoai.philox` instead: Philox4x32-10 words
+(the counter-based generator of torch's CUDA backend) and Box-Muller with its own branch-free ln, sin
+and cos, one compiled pass that the C compiler vectorises and that adds the noise straight into the new
+parameters or momenta (no noise buffer is written or read), keyed by one draw of torch's generator (so
+`torch.manual_seed` and a saved generator state still reproduce the chain). The kernel is compiled on
+first use with the system C compiler; where there is none, thermoai falls back to torch's `normal_` into
+one buffer (the row above). Its draws equal a NumPy float32 transcription bit for bit and pass the
+moment, tail, KS and independence tests of `tests/test_philox.py`.
 """
 
 
