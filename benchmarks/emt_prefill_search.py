@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from emt_speed import time_generation  # noqa: E402
+from emt_speed import bank_for, speed_document, time_generation, write_report  # noqa: E402
 
 K = 10
 SCORED: dict[str, list[float]] = {}  # per IVF setting: the share of the bank each head's union scores
@@ -167,22 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
-    from thermoai.experiments.emt_data import make_document
-    from thermoai.memory import MemoryBank, attach, load_model
+    from thermoai.memory import attach, load_model
 
     model, tokenizer = load_model(None)
-    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
-    doc = make_document(args.tokens, 10, seed=1234, count_tokens=count)  # the emt_speed document and prompt
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": doc.facts[0].question}], add_generation_prompt=True,
-                                           return_tensors="pt", return_dict=True)["input_ids"]
-    if args.bank and Path(args.bank).is_file():
-        bank = MemoryBank.load(args.bank, model=model)
-        if bank.text != doc.text or (bank.window, bank.stride) != (args.window, args.stride):
-            raise SystemExit(f"--bank {args.bank}: built for another document or window/stride; delete it to rebuild")
-    else:
-        bank = MemoryBank.build(model, tokenizer, text=doc.text, window=args.window, stride=args.stride, progress=True)
-        if args.bank:
-            bank.save(args.bank)
+    doc, prompt = speed_document(tokenizer, args.tokens)  # the emt_speed document and prompt
+    bank, _ = bank_for(model, tokenizer, doc, args.window, args.stride, args.bank)
     mind = attach(model, bank, topk=K)
     mind.detach()
 
@@ -259,11 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `python benchmarks/emt_prefill_search.py {' '.join(sys.argv[1:] if argv is None else argv)}`".rstrip(),
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    write_report("\n".join(lines), args.out)
     return 0
 
 

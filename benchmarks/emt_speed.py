@@ -37,6 +37,48 @@ def clock_for(device):
     return time.perf_counter
 
 
+def speed_document(tokenizer, tokens: int, device="cpu"):
+    """The benchmark's document (a counterfactual document of ``tokens`` tokens, seed 1234) and its prompt
+    (the first fact's question in the chat template), ``(Document, input_ids [1, s])``."""
+    from thermoai.experiments.emt_data import make_document
+
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    doc = make_document(tokens, 10, seed=1234, count_tokens=count)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": doc.facts[0].question}], add_generation_prompt=True,
+                                           return_tensors="pt", return_dict=True)["input_ids"].to(device)
+    return doc, prompt
+
+
+def bank_for(model, tokenizer, doc, window: int, stride: int, path: str | None, device="cpu"):
+    """``(bank, build seconds)``: loaded from ``path`` when it exists (build seconds ``None``; refused when it
+    was built for another document or window/stride), else built, timed with :func:`clock_for` and saved
+    there."""
+    from thermoai.memory import MemoryBank
+
+    if path and Path(path).is_file():
+        bank = MemoryBank.load(path, model=model, device=device)
+        if bank.text != doc.text or (bank.window, bank.stride) != (window, stride):
+            raise SystemExit(f"--bank {path}: built for another document or window/stride; delete it to rebuild")
+        return bank, None
+    clock = clock_for(device)
+    _sync(device)
+    t0 = clock()
+    bank = MemoryBank.build(model, tokenizer, text=doc.text, window=window, stride=stride, progress=True)
+    _sync(device)
+    build_s = clock() - t0
+    if path:
+        bank.save(path)
+    return bank, build_s
+
+
+def write_report(text: str, out: str | Path) -> None:
+    """Print the report and write it to ``out`` (folders made)."""
+    print(text)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+
+
 @torch.no_grad()
 def time_generation(model, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:
     """``(prefill seconds, decode seconds per token)`` of greedy decoding of ``new_tokens`` tokens."""
@@ -94,33 +136,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from thermoai.experiments.emt_data import make_document
-    from thermoai.memory import MemoryBank, attach, load_model
+    from thermoai.memory import attach, load_model
 
     dtype = getattr(torch, args.dtype)
     t0 = time.perf_counter()
     model, tokenizer = load_model(None, dtype=dtype, device=args.device)
     load_s = time.perf_counter() - t0
-    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
-    doc = make_document(args.tokens, 10, seed=1234, count_tokens=count)
-    question = doc.facts[0].question
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                           return_tensors="pt", return_dict=True)["input_ids"].to(args.device)
-
+    doc, prompt = speed_document(tokenizer, args.tokens, args.device)
+    bank, build_s = bank_for(model, tokenizer, doc, args.window, args.stride, args.bank, args.device)
     clock = clock_for(args.device)
-    build_s = None
-    if args.bank and Path(args.bank).is_file():
-        bank = MemoryBank.load(args.bank, model=model, device=args.device)
-        if bank.text != doc.text or (bank.window, bank.stride) != (args.window, args.stride):
-            raise SystemExit(f"--bank {args.bank}: built for another document or window/stride; delete it to rebuild")
-    else:
-        _sync(args.device)
-        t0 = clock()
-        bank = MemoryBank.build(model, tokenizer, text=doc.text, window=args.window, stride=args.stride, progress=True)
-        _sync(args.device)
-        build_s = clock() - t0
-        if args.bank:
-            bank.save(args.bank)
     n = bank.n_positions
     windows = 1 + max(0, -(-(n - args.window) // args.stride))
     forwards = sum(min(args.window, n - i * args.stride) for i in range(windows))  # the last window may be short
@@ -189,11 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `{command.strip()}`",
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    write_report("\n".join(lines), args.out)
     return 0
 
 
