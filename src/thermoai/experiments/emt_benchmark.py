@@ -23,7 +23,7 @@ all questions, conditions and ablations of that document.
 
 Sizes: ``quick`` (tests, about a minute on 2 CPU cores), ``small`` (32 questions at 2k/4k/8k/16k tokens,
 float32, one process), ``full`` (the default and ``thermoai reproduce``: 320 questions at 2k/4k/8k/16k
-tokens, float32, two processes; about an hour on 2 CPU cores). On the CPU the cost is dominated by
+tokens, bfloat16, two processes, the longest documents first; see RUN_TIME for its time). On the CPU the cost is dominated by
 Extended Mind + RAG, whose ~1000 prompt tokens each search the whole bank in every layer.
 ``python -m thermoai.experiments.emt_benchmark --help`` lists the flags.
 """
@@ -112,13 +112,13 @@ SIZES: dict[str, BenchmarkConfig] = {
                              ablate_position_modes=("none",), ablate_layer_fractions=(0.5,), ablate_topk=(2,),
                              ablate_bank_dtypes=("float32", "int8"), ablate_skip_memories=("none", "first")),
     "small": BenchmarkConfig(),
-    # float32: the 48-question subset answered more with it (+6.2 +/- 3.5 points over bfloat16), and on a CPU
-    # without fast bfloat16 kernels it is also the faster (here a bfloat16 prefill took 2.6x the float32 one);
-    # the page pairs every answer with the bfloat16 run it replaced, on the same 320 questions
-    "full": BenchmarkConfig(docs_per_length=5, facts_per_doc=16, batch_size=16, jobs=2,
-                            ablate_bank_dtypes=("float32", "bfloat16", "int8"), ablate_skip_memories=("none", "first"),
+    # bfloat16, as the run it replaces (docs/results/emt_benchmark_bfloat16): on the CPU it is the faster
+    # dtype; float32 answers more on the 48-question subset (+6.2 +/- 3.5 points, docs/memory.md) but was
+    # not affordable here at 320 questions
+    "full": BenchmarkConfig(docs_per_length=5, facts_per_doc=16, batch_size=16, dtype="bfloat16", jobs=2,
+                            ablate_bank_dtypes=("bfloat16", "int8"), ablate_skip_memories=("none", "first"),
                             baseline="docs/results/emt_benchmark_bfloat16/emt_benchmark.json",
-                            baseline_label="the bfloat16 model (the previous run)"),
+                            baseline_label="the previous run (same settings, before the diagnostic)"),
 }
 
 
@@ -1074,7 +1074,8 @@ if __name__ == "__main__":
 
 TITLE = "Extended Mind on counterfactual long-document questions, against RAG and long context"
 PAPER = "emt"
-RUN_TIME = {"quick": 90, "full": 2300}  # seconds on 2 CPU cores (docs/results: 2256 s)
+RUN_TIME = {"quick": 90, "full": 8000}  # seconds on 2 CPU cores: the bfloat16 run of docs/results took 2256 s on an
+# earlier machine; on a 2-core AMD EPYC its first five (shortest) documents took 30 min, so about 8000 s in all
 # run() keywords per mode of `thermoai reproduce`: one torch thread (two oversubscribe a busy 2-core machine:
 # the quick run took 612 s with them, 17 s the smoke run with one); smoke, the tiniest run, for the test of the
 # whole report: two conditions, no ablations
