@@ -111,7 +111,7 @@ _CPU = torch.device("cpu")
 
 
 def scratch_normal(ls: Sequence[Tensor], std: float, generator: torch.Generator | None) -> list[Tensor]:
-    """``N(0, std^2 I)`` noise for every leaf, drawn by *one* ``normal_`` call into a reused buffer.
+    """``N(0, std^2 I)`` noise for every leaf, drawn by *one* call over the whole tree into a reused buffer.
 
     float32 leaves on the CPU are filled by :mod:`thermoai.philox` (Philox4x32-10 and Box-Muller in one
     compiled pass, about a third of the time of torch's ``normal_``), keyed by one 63-bit draw from
