@@ -1074,8 +1074,8 @@ if __name__ == "__main__":
 
 TITLE = "Extended Mind on counterfactual long-document questions, against RAG and long context"
 PAPER = "emt"
-RUN_TIME = {"quick": 90, "full": 8000}  # seconds on 2 CPU cores: the bfloat16 run of docs/results took 2256 s on an
-# earlier machine; on a 2-core AMD EPYC its first five (shortest) documents took 30 min, so about 8000 s in all
+RUN_TIME = {"quick": 90, "full": 4700}  # seconds on 2 CPU cores: docs/results 4656 s (a 2-core AMD EPYC, with
+# the diagnostic); 2256 s for the bfloat16 run before it on an earlier machine
 # run() keywords per mode of `thermoai reproduce`: one torch thread (two oversubscribe a busy 2-core machine:
 # the quick run took 612 s with them, 17 s the smoke run with one); smoke, the tiniest run, for the test of the
 # whole report: two conditions, no ablations
