@@ -9,10 +9,12 @@ DESIGN.md's layers, top to bottom (imports go down, never up or sideways between
     thermo.device
     thermo.ou
     tree, types, distributed, philox
+    cache
 
 ``thermoai.distributed`` (the process group and configuration check that bayes.distributed and
 optim.distributed share) and ``thermoai.philox`` (the compiled normal generator of the SGMCMC noise) sit
-with tree and types: they import only torch and the standard library.
+with tree and types; ``thermoai.cache`` (the cache directory of models and compiled kernels, used by
+philox and memory.model) sits below them: they import only torch and the standard library.
 
 Every import counts, at module level or inside a function (a lazy import still makes a cycle). A thermo
 module the list does not name (``thermo.planning``, ``thermo.digital``, ...) sits at the level of
@@ -42,6 +44,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("thermoai.thermo.device",),
     ("thermoai.thermo.ou",),
     ("thermoai.tree", "thermoai.types", "thermoai.distributed", "thermoai.philox"),
+    ("thermoai.cache",),
 ]
 # modules DESIGN.md names together as one unit
 SAME_UNIT = {"thermoai.__main__": "thermoai.cli", "thermoai.types": "thermoai.tree"}

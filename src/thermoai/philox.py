@@ -15,7 +15,7 @@ float32 arithmetic in a fixed order (no fused multiply-add, no fast-math), so a 
 with a NumPy float32 transcription. Tails: ``|z| <= sqrt(48 ln 2) = 5.77`` as with torch's 24-bit
 uniforms.
 
-The kernel (``_native/philox_normal.c``, about 150 lines of C) is compiled on first use with the system C
+The kernel (``_native/philox_normal.c``, about 200 lines of C) is compiled on first use with the system C
 compiler (``$CC``, else ``cc``) into ``$THERMOAI_CACHE_DIR`` (default ``~/.cache/thermoai``) and loaded
 with ``ctypes``; where no compiler is found, or ``THERMOAI_NATIVE=0``, :func:`available` is ``False`` and
 callers keep torch's ``normal_`` (the same law, another stream). :func:`status` says which and why.
@@ -35,6 +35,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from thermoai.cache import cache_dir
 
 __all__ = ["available", "status", "normal_", "add_normal_", "eligible", "draw_key", "words"]
 
@@ -60,12 +62,6 @@ def _cpu_tag() -> str:
     return f"{platform.machine()}|{platform.processor()}|{flags}"
 
 
-def _cache_dir() -> Path:
-    base = os.environ.get("THERMOAI_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "thermoai")
-    return Path(base)
-
-
 def _compile() -> tuple[ctypes.CDLL | None, str]:
     if os.environ.get("THERMOAI_NATIVE", "1") == "0":
         return None, "disabled by THERMOAI_NATIVE=0"
@@ -76,7 +72,7 @@ def _compile() -> tuple[ctypes.CDLL | None, str]:
     errors = []
     for flags in _FLAGS:
         tag = hashlib.sha256(source + repr(flags).encode() + compiler.encode() + _cpu_tag().encode()).hexdigest()[:16]
-        for folder in (_cache_dir(), Path(tempfile.gettempdir()) / f"thermoai-{os.getuid() if hasattr(os, 'getuid') else 0}"):
+        for folder in (cache_dir(), Path(tempfile.gettempdir()) / f"thermoai-{os.getuid() if hasattr(os, 'getuid') else 0}"):
             target = folder / f"philox_normal-{tag}.so"
             try:
                 if not target.exists():
@@ -135,10 +131,15 @@ def eligible(x: Tensor) -> bool:
     return x.dtype == torch.float32 and x.device.type == "cpu" and x.is_contiguous() and available()
 
 
-def _checked(out: Tensor, key: int, offset: int):
+def _required() -> ctypes.CDLL:
     lib = _library()
     if lib is None:
         raise RuntimeError(f"thermoai.philox: the compiled kernel is not available ({status()})")
+    return lib
+
+
+def _checked(out: Tensor, key: int, offset: int) -> ctypes.CDLL:
+    lib = _required()
     if out.dtype != torch.float32 or out.device.type != "cpu" or not out.is_contiguous():
         raise ValueError(f"out: expected a contiguous float32 CPU tensor, got {out.dtype} on {out.device}"
                          f"{'' if out.is_contiguous() else ', not contiguous'}")
@@ -171,9 +172,7 @@ def add_normal_(out: Tensor, scale: float, key: int, offset: int = 0) -> Tensor:
 def words(blocks: int, key: int, offset: int = 0) -> Tensor:
     """The raw Philox4x32-10 words of blocks ``0 .. blocks-1`` of stream ``(key, offset)``: shape
     ``(blocks, 4)``, int64 holding the unsigned 32-bit values (for known-answer tests)."""
-    lib = _library()
-    if lib is None:
-        raise RuntimeError(f"thermoai.philox: the compiled kernel is not available ({status()})")
+    lib = _required()
     _check_key(key, offset)
     raw = torch.empty(blocks * 4, dtype=torch.int32)
     if blocks:

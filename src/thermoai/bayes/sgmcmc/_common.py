@@ -166,10 +166,11 @@ def add_noise(target: list[Tensor], std: Coef, generator: torch.Generator | None
         return target
     if isinstance(std, float) and not under_transform(target[0]):
         if inplace and philox.available():
-            rest = [t for t in target if not philox.eligible(t)]
+            fast = [philox.eligible(t) for t in target]
+            rest = [t for t, ok in zip(target, fast) if not ok]
             key = philox.draw_key(generator)
-            for i, t in enumerate(target):
-                if philox.eligible(t):
+            for i, (t, ok) in enumerate(zip(target, fast)):
+                if ok:
                     philox.add_normal_(t, std, key, offset=i)
             if rest:
                 axpy(rest, 1.0, scratch_normal(rest, std, generator), True)
