@@ -194,3 +194,7 @@ def test_baseline_comparison_pairs_each_condition_with_the_earlier_run(tmp_path)
     (tmp_path / "old.json").write_text("{not json")
     with pytest.raises(ValueError, match="not a benchmark JSON"):
         emt_benchmark._baseline(cfg, new)
+    for other in ("[1, 2]", '{"records": 3}'):  # valid JSON, but not a benchmark's
+        (tmp_path / "old.json").write_text(other)
+        with pytest.raises(ValueError, match="not a benchmark JSON"):
+            emt_benchmark._baseline(cfg, new)

@@ -802,9 +802,12 @@ def _baseline(cfg, records: list[dict]) -> dict | None:
     if not path.is_file():
         return {"path": str(path), "label": cfg.baseline_label, "missing": True}
     try:
-        baseline = json.loads(path.read_text())["records"]
-    except (OSError, ValueError, KeyError) as err:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
         raise ValueError(f"baseline: {path} is not a benchmark JSON with records ({err})") from err
+    baseline = data.get("records") if isinstance(data, dict) else None
+    if not isinstance(baseline, list) or not all(isinstance(r, dict) for r in baseline):
+        raise ValueError(f"baseline: {path} is not a benchmark JSON with records (no list of records in it)")
     return {"path": str(path), "label": cfg.baseline_label,
             "paired": baseline_comparison(records, baseline, cfg.conditions)}
 
